@@ -1,0 +1,338 @@
+"""Number formats: immutable values that say which grid a tensor is rounded to.
+
+Four families, each a frozen dataclass that validates itself:
+
+* :class:`FixedPoint` ``(wl, fl)``: one grid ``2^-fl`` for every element.
+* :class:`BlockFloat` ``(wl, ebits, block)``: integers of ``wl`` bits sharing one
+  power-of-two exponent per block (block floating point; MXINT8 is one).
+* :class:`FloatFormat` ``(exp, man)``: a small IEEE-style float per element (FP8, bf16).
+* :class:`MXFloat` ``(element, block, ebits)``: small floats sharing a power-of-two
+  scale per block (OCP Microscaling MXFP8/6/4).
+
+How a block is drawn is itself a value: :class:`PerTensor`, :class:`PerAxis` (one block
+per index along an axis: per output channel, per row, per sample) or :class:`PerGroup`
+(tiles of ``size`` consecutive elements along an axis, the MX layout; a ragged tail is
+a block of its own).
+
+Example:
+    >>> from swalp.formats import BlockFloat, PerAxis
+    >>> BlockFloat(8, block=PerAxis(0))
+    BlockFloat(wl=8, ebits=8, block=PerAxis(axis=0))
+    >>> get_format("e4m3")
+    FloatFormat(exp=4, man=3, finite_only=True)
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Union
+
+
+class Rounding(str, enum.Enum):
+    """How a value between two grid points picks one of them.
+
+    ``NEAREST`` rounds half to even. ``STOCHASTIC`` picks the upper neighbour with
+    probability ``(x - lower) / gap``, so it is unbiased inside the representable range.
+    """
+
+    NEAREST = "nearest"
+    STOCHASTIC = "stochastic"
+
+    @classmethod
+    def parse(cls, value: "Rounding | str") -> "Rounding":
+        if isinstance(value, Rounding):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            accepted = ", ".join(repr(r.value) for r in cls)
+            raise ValueError(f"unknown rounding {value!r}; accepted: {accepted}") from None
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name}={value} is out of range; accepted: {bound}")
+
+
+# --- blockings -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PerTensor:
+    """One block: the whole tensor shares an exponent ("big block")."""
+
+
+@dataclass(frozen=True)
+class PerAxis:
+    """One block per index along ``axis``; each block spans every other axis.
+
+    ``PerAxis(0)`` on a conv weight ``(out, in, kh, kw)`` is one exponent per output
+    channel; on activations ``(batch, ...)`` it is one exponent per sample. On a 1-D
+    tensor it gives every element its own exponent.
+    """
+
+    axis: int = 0
+
+    def __post_init__(self):
+        _check_int("axis", self.axis, -64, 63)
+
+
+@dataclass(frozen=True)
+class PerGroup:
+    """Tiles of ``size`` consecutive elements along ``axis`` (MX uses 32 along the last).
+
+    A length that is not a multiple of ``size`` leaves a shorter last tile, which is a
+    block of its own.
+    """
+
+    size: int = 32
+    axis: int = -1
+
+    def __post_init__(self):
+        _check_int("block size", self.size, 1)
+        _check_int("axis", self.axis, -64, 63)
+
+
+Blocking = Union[PerTensor, PerAxis, PerGroup]
+
+
+def _check_block(block) -> None:
+    if not isinstance(block, (PerTensor, PerAxis, PerGroup)):
+        raise ValueError(f"block must be PerTensor(), PerAxis(axis) or PerGroup(size, axis), got {block!r}")
+
+
+# --- formats -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """Signed fixed point: word length ``wl`` bits, ``fl`` of them fractional.
+
+    Grid ``2^-fl``; range ``[-2^(wl-fl-1), 2^(wl-fl-1) - 2^-fl]``.
+
+    Args:
+        wl: word length in bits, 2 to 32.
+        fl: fractional bits, 0 to 64 (``fl >= wl`` gives a range below 1).
+    """
+
+    wl: int
+    fl: int
+
+    def __post_init__(self):
+        _check_int("wl", self.wl, 2, 32)
+        _check_int("fl", self.fl, 0, 64)
+
+    @property
+    def gap(self) -> float:
+        return 2.0 ** -self.fl
+
+    @property
+    def max_value(self) -> float:
+        return (2 ** (self.wl - 1) - 1) * self.gap
+
+    @property
+    def min_value(self) -> float:
+        return -(2 ** (self.wl - 1)) * self.gap
+
+    def with_bits(self, wl: int) -> "FixedPoint":
+        """The same format with ``wl`` bits, keeping the integer bits ``wl - fl``."""
+        return FixedPoint(wl, max(0, self.fl + wl - self.wl))
+
+
+@dataclass(frozen=True)
+class BlockFloat:
+    """Block floating point: ``wl``-bit integers sharing one exponent per block.
+
+    For a block with largest magnitude ``m``: ``e = clamp(floor(log2 m), -2^(ebits-1),
+    2^(ebits-1) - 1)``, grid ``2^(e - (wl - 2))``, integers clamped to
+    ``[-2^(wl-1), 2^(wl-1) - 1]`` (``[-(2^(wl-1) - 1), 2^(wl-1) - 1]`` if ``symmetric``,
+    as MXINT8 does). Non-finite elements are left out of ``m``: NaN stays NaN and inf
+    saturates, without touching the rest of the block.
+
+    Args:
+        wl: bits per element including the sign, 2 to 32.
+        ebits: bits of the shared exponent, 1 to 8.
+        block: :class:`PerTensor` (default), :class:`PerAxis` or :class:`PerGroup`.
+        symmetric: drop the most negative integer.
+    """
+
+    wl: int
+    ebits: int = 8
+    block: Blocking = field(default_factory=PerTensor)
+    symmetric: bool = False
+
+    def __post_init__(self):
+        _check_int("wl", self.wl, 2, 32)
+        _check_int("ebits", self.ebits, 1, 8)
+        _check_block(self.block)
+
+    def __repr__(self) -> str:
+        extra = ", symmetric=True" if self.symmetric else ""
+        return f"BlockFloat(wl={self.wl}, ebits={self.ebits}, block={self.block!r}{extra})"
+
+    @property
+    def emin(self) -> int:
+        return -(2 ** (self.ebits - 1))
+
+    @property
+    def emax(self) -> int:
+        return 2 ** (self.ebits - 1) - 1
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.wl - 1) - 1
+
+    @property
+    def qmin(self) -> int:
+        return -self.qmax if self.symmetric else -(2 ** (self.wl - 1))
+
+    def with_bits(self, wl: int) -> "BlockFloat":
+        return BlockFloat(wl, self.ebits, self.block, self.symmetric)
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """A small float: sign, ``exp`` exponent bits, ``man`` mantissa bits.
+
+    IEEE-style bias ``2^(exp-1) - 1`` and subnormals. The top exponent is reserved for
+    inf/NaN unless ``finite_only`` (OCP FP8 E4M3: only the all-ones pattern is NaN, so
+    the largest value is 448). Out-of-range values saturate to the largest finite value
+    when ``saturate`` (the default) and become inf otherwise.
+
+    Args:
+        exp: exponent bits, 2 to 8.
+        man: mantissa bits, 0 to 23 (man=0 needs finite_only=False).
+        finite_only: use the top exponent for numbers (OCP E4M3 "fn").
+        saturate: clamp to +-max_value instead of overflowing to inf.
+    """
+
+    exp: int
+    man: int
+    finite_only: bool = False
+    saturate: bool = True
+
+    def __post_init__(self):
+        _check_int("exp", self.exp, 2, 8)
+        _check_int("man", self.man, 0, 23)
+        if self.finite_only and self.man == 0:
+            raise ValueError("finite_only needs man >= 1: with man=0 the top exponent would hold only NaN")
+
+    def __repr__(self) -> str:
+        extra = ", finite_only=True" if self.finite_only else ""
+        extra += "" if self.saturate else ", saturate=False"
+        return f"FloatFormat(exp={self.exp}, man={self.man}{extra})"
+
+    @property
+    def bias(self) -> int:
+        return 2 ** (self.exp - 1) - 1
+
+    @property
+    def emin(self) -> int:
+        """Exponent of the smallest normal number (subnormals share its grid)."""
+        return 1 - self.bias
+
+    @property
+    def emax(self) -> int:
+        top = 2 ** self.exp - 1 if self.finite_only else 2 ** self.exp - 2
+        return top - self.bias
+
+    @property
+    def max_value(self) -> float:
+        # finite_only spends the all-ones mantissa of the top exponent on NaN.
+        frac = 2.0 - 2.0 ** (1 - self.man) if self.finite_only else 2.0 - 2.0 ** -self.man
+        return frac * 2.0 ** self.emax
+
+    @property
+    def wl(self) -> int:
+        return 1 + self.exp + self.man
+
+
+@dataclass(frozen=True)
+class MXFloat:
+    """OCP Microscaling float: ``element`` floats sharing a power-of-two scale per block.
+
+    Scale exponent ``clamp(floor(log2 m) - element.emax, -(2^(ebits-1) - 1), 2^(ebits-1) - 1)``
+    (E8M0 for ebits=8), then each element of ``x / scale`` is rounded to ``element``
+    with saturation.
+
+    Args:
+        element: the per-element :class:`FloatFormat` (E4M3, E5M2, E2M3, E3M2, E2M1).
+        block: default ``PerGroup(32, axis=-1)``.
+        ebits: bits of the shared scale, 1 to 8.
+    """
+
+    element: FloatFormat
+    block: Blocking = field(default_factory=lambda: PerGroup(32, -1))
+    ebits: int = 8
+
+    def __post_init__(self):
+        if not isinstance(self.element, FloatFormat):
+            raise ValueError(f"element must be a FloatFormat, got {self.element!r}")
+        _check_block(self.block)
+        _check_int("ebits", self.ebits, 1, 8)
+
+    @property
+    def emax(self) -> int:
+        return 2 ** (self.ebits - 1) - 1
+
+    @property
+    def emin(self) -> int:
+        return -self.emax
+
+
+Format = Union[FixedPoint, BlockFloat, FloatFormat, MXFloat]
+FORMAT_TYPES = (FixedPoint, BlockFloat, FloatFormat, MXFloat)
+
+
+# --- presets -------------------------------------------------------------------------
+
+FP8_E4M3 = FloatFormat(4, 3, finite_only=True)
+FP8_E5M2 = FloatFormat(5, 2)
+BFLOAT16 = FloatFormat(8, 7)
+FLOAT16 = FloatFormat(5, 10)
+MXINT8 = BlockFloat(8, ebits=8, block=PerGroup(32, -1), symmetric=True)
+MXFP8_E4M3 = MXFloat(FP8_E4M3)
+MXFP8_E5M2 = MXFloat(FP8_E5M2)
+MXFP6_E2M3 = MXFloat(FloatFormat(2, 3, finite_only=True))
+MXFP6_E3M2 = MXFloat(FloatFormat(3, 2, finite_only=True))
+MXFP4_E2M1 = MXFloat(FloatFormat(2, 1, finite_only=True))
+
+PRESETS: dict[str, Format] = {
+    "fp8_e4m3": FP8_E4M3,
+    "e4m3": FP8_E4M3,
+    "fp8_e5m2": FP8_E5M2,
+    "e5m2": FP8_E5M2,
+    "bfloat16": BFLOAT16,
+    "bf16": BFLOAT16,
+    "float16": FLOAT16,
+    "fp16": FLOAT16,
+    "mxint8": MXINT8,
+    "mxfp8_e4m3": MXFP8_E4M3,
+    "mxfp8_e5m2": MXFP8_E5M2,
+    "mxfp6_e2m3": MXFP6_E2M3,
+    "mxfp6_e3m2": MXFP6_E3M2,
+    "mxfp4_e2m1": MXFP4_E2M1,
+    "bfp8": BlockFloat(8),
+    "fixed8": FixedPoint(8, 6),
+}
+
+
+def get_format(name: str | Format) -> Format:
+    """The preset called ``name`` (case-insensitive); a format passes through.
+
+    >>> get_format("mxint8")
+    BlockFloat(wl=8, ebits=8, block=PerGroup(size=32, axis=-1), symmetric=True)
+    """
+    if isinstance(name, FORMAT_TYPES):
+        return name
+    key = str(name).lower().replace("-", "_")
+    if key not in PRESETS:
+        raise ValueError(f"unknown format preset {name!r}; accepted: {', '.join(sorted(PRESETS))}")
+    return PRESETS[key]

@@ -1,0 +1,131 @@
+"""``quantize``: round a tensor onto a number format's grid, with pluggable backends.
+
+The reference backend (:mod:`swalp._reference`) defines the results; faster backends
+register themselves with :func:`register_backend` and must agree with it bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import _reference
+from .formats import FORMAT_TYPES, Format, Rounding, get_format
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SEED_LIMIT = 2**64
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A quantization backend.
+
+    Args:
+        name: what users pass as ``backend=``.
+        fn: ``fn(x, fmt, rounding, seed) -> Tensor`` with the reference's semantics.
+        supports: ``supports(x, fmt) -> bool``; the automatic choice skips a backend
+            that returns False.
+        priority: higher is tried first by the automatic choice.
+    """
+
+    name: str
+    fn: Callable
+    supports: Callable[[Tensor, Format], bool]
+    priority: int = 0
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    """Add (or replace) a backend; the automatic choice takes the highest priority."""
+    _BACKENDS[backend.name] = backend
+
+
+def backends() -> list[str]:
+    """Names of the registered backends, fastest first."""
+    return [b.name for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority)]
+
+
+register_backend(Backend("reference", _reference.quantize, lambda x, fmt: True, priority=0))
+
+
+def _pick_backend(name: str | None, x: Tensor, fmt: Format) -> Backend:
+    if name is None or name == "auto":
+        for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority):
+            if b.supports(x, fmt):
+                return b
+        return _BACKENDS["reference"]
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; accepted: 'auto', {', '.join(map(repr, backends()))}")
+    backend = _BACKENDS[name]
+    if not backend.supports(x, fmt):
+        raise ValueError(f"backend {name!r} does not support {fmt!r} on a {x.device.type} {x.dtype} tensor")
+    return backend
+
+
+def draw_seed() -> int:
+    """A seed from torch's global generator, so ``torch.manual_seed`` repeats a run."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _SEED_LIMIT:
+        raise ValueError(f"seed must be an int in [0, 2**64) or None, got {seed!r}")
+    return seed
+
+
+def quantize(
+    x: Tensor,
+    fmt: Format | str,
+    rounding: Rounding | str = "stochastic",
+    seed: int | None = None,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Round ``x`` onto the grid of ``fmt``.
+
+    Args:
+        x: a float16, bfloat16, float32 or float64 tensor of any shape (empty too).
+        fmt: a format (:class:`FixedPoint`, :class:`BlockFloat`, :class:`FloatFormat`,
+            :class:`MXFloat`) or a preset name such as ``"e4m3"`` or ``"mxint8"``.
+        rounding: ``"stochastic"`` (unbiased) or ``"nearest"`` (half to even).
+        seed: for stochastic rounding: element ``i`` (row-major in ``x``'s shape) gets
+            random bits that depend only on ``(seed, i)``, whatever the backend or the
+            number of threads. ``None`` draws a seed from torch's global generator.
+        backend: ``None``/``"auto"`` picks the fastest registered backend that supports
+            the input; ``"reference"`` forces the pure-PyTorch definition.
+
+    Returns:
+        A tensor of ``x``'s shape, dtype and device (contiguous), every value on the grid.
+        Out-of-range values saturate; NaN stays NaN without spreading to its block;
+        +-inf saturate to the largest value of their block (or to inf for a
+        ``FloatFormat(saturate=False)``).
+
+    Caveat: the rounding is computed in float32 (float64 for float64 inputs); for
+    float16/bfloat16 inputs a grid value that the input dtype cannot hold (a 16-bit
+    fixed point in bfloat16, say) is rounded once more by the final cast.
+
+    Example:
+        >>> import torch, swalp
+        >>> swalp.quantize(torch.tensor([0.3, -1.7]), swalp.FixedPoint(4, 2), "nearest")
+        tensor([ 0.2500, -1.7500])
+    """
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"cannot quantize a {x.dtype} tensor; accepted dtypes: float16, bfloat16, float32, float64")
+    fmt = get_format(fmt)
+    if not isinstance(fmt, FORMAT_TYPES):
+        raise ValueError(f"unknown format {fmt!r}")
+    rounding = Rounding.parse(rounding)
+    if rounding is Rounding.STOCHASTIC:
+        seed = draw_seed() if seed is None else check_seed(seed)
+    block = getattr(fmt, "block", None)
+    if block is not None and hasattr(block, "axis") and x.dim() > 0:
+        _reference._axis(block.axis, x.dim())
+    with torch.no_grad():
+        return _pick_backend(backend, x, fmt).fn(x, fmt, rounding, seed)
