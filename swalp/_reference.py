@@ -15,6 +15,10 @@ spelled out so that a C++ or Triton kernel can repeat them bit for bit:
   ``i`` is the element's row-major index in the logical shape (not its storage offset).
   ``s - floor(s)`` is exact, so the comparison is the only place ``u`` enters.
 * Nearest: round half to even.
+* Saturation bounds are values of the compute dtype, rounded toward zero: the integer
+  bound 2^31 - 1 becomes 2^31 - 128 in float32 (:func:`int_bound`), and a float format
+  whose largest value exceeds float32's range saturates at its largest grid value below
+  2^128 (:func:`float_bound`).
 """
 
 from __future__ import annotations
@@ -112,9 +116,24 @@ def _round(s: Tensor, rounding: Rounding, u: Tensor | None) -> Tensor:
     return f + (u < s - f).to(s.dtype)
 
 
-def _round_int(x: Tensor, shift: Tensor, qmin: float, qmax: float, rounding, u) -> Tensor:
-    q = _round(pow2_mul(x, shift), rounding, u).clamp_(qmin, qmax)
+def int_bound(q: int, dtype: torch.dtype) -> float:
+    """``q`` rounded toward zero to a value of ``dtype``: float32 has no 2^31 - 1, and
+    rounding it to nearest (2^31) would saturate outside the range."""
+    digits = 53 if dtype == torch.float64 else 24
+    step = 2 ** max(0, abs(q).bit_length() - digits)
+    return float(abs(q) // step * step * (1 if q >= 0 else -1))
+
+
+def _round_int(x: Tensor, shift: Tensor, qmin: int, qmax: int, rounding, u) -> Tensor:
+    q = _round(pow2_mul(x, shift), rounding, u).clamp_(int_bound(qmin, x.dtype), int_bound(qmax, x.dtype))
     return pow2_mul(q, -shift)
+
+
+def float_bound(fmt: FloatFormat, dtype: torch.dtype) -> float:
+    """``fmt.max_value``, or the largest grid value below it that ``dtype`` holds
+    (an 8-bit-exponent ``finite_only`` format reaches 2^128, above float32's range)."""
+    top = torch.finfo(dtype).max
+    return fmt.max_value if fmt.max_value <= top else (2.0 - 2.0 ** -fmt.man) * 2.0**127
 
 
 def _round_float(x: Tensor, fmt: FloatFormat, rounding, u) -> Tensor:
@@ -122,7 +141,7 @@ def _round_float(x: Tensor, fmt: FloatFormat, rounding, u) -> Tensor:
     e = floor_log2(torch.where(finite & (x != 0), x.abs(), torch.ones_like(x)))
     shift = fmt.man - e.clamp_(min=fmt.emin)
     out = pow2_mul(_round(pow2_mul(x, shift), rounding, u), -shift)
-    big = fmt.max_value
+    big = float_bound(fmt, x.dtype)
     if fmt.saturate:
         return out.clamp_(-big, big)
     return torch.where(out.abs() > big, out.sign() * torch.inf, out)

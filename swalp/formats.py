@@ -156,6 +156,10 @@ class BlockFloat:
     as MXINT8 does). Non-finite elements are left out of ``m``: NaN stays NaN and inf
     saturates, without touching the rest of the block.
 
+    Caveat: with two's-complement integers (``symmetric=False``, the paper's choice)
+    nearest rounding is not always idempotent: a value that rounds to ``qmin * gap`` =
+    ``-2^(e+1)`` raises the block's exponent on a second pass.
+
     Args:
         wl: bits per element including the sign, 2 to 32.
         ebits: bits of the shared exponent, 1 to 8.
@@ -203,30 +207,37 @@ class FloatFormat:
 
     IEEE-style bias ``2^(exp-1) - 1`` and subnormals. The top exponent is reserved for
     inf/NaN unless ``finite_only`` (OCP FP8 E4M3: only the all-ones pattern is NaN, so
-    the largest value is 448). Out-of-range values saturate to the largest finite value
-    when ``saturate`` (the default) and become inf otherwise.
+    the largest value is 448; OCP FP6/FP4 have no NaN at all: ``has_nan=False``).
+    Out-of-range values saturate to the largest finite value when ``saturate`` (the
+    default) and become inf otherwise.
 
     Args:
         exp: exponent bits, 2 to 8.
-        man: mantissa bits, 0 to 23 (man=0 needs finite_only=False).
+        man: mantissa bits, 0 to 23 (man=0 needs finite_only=False or has_nan=False).
         finite_only: use the top exponent for numbers (OCP E4M3 "fn").
         saturate: clamp to +-max_value instead of overflowing to inf.
+        has_nan: with finite_only, whether the all-ones pattern is NaN (E4M3) or a
+            number (False: OCP FP6 E2M3/E3M2 and FP4 E2M1, max 7.5, 28 and 6).
     """
 
     exp: int
     man: int
     finite_only: bool = False
     saturate: bool = True
+    has_nan: bool = True
 
     def __post_init__(self):
         _check_int("exp", self.exp, 2, 8)
         _check_int("man", self.man, 0, 23)
-        if self.finite_only and self.man == 0:
+        if not self.has_nan and not self.finite_only:
+            raise ValueError("has_nan=False needs finite_only=True: an IEEE-style top exponent holds inf and NaN")
+        if self.finite_only and self.has_nan and self.man == 0:
             raise ValueError("finite_only needs man >= 1: with man=0 the top exponent would hold only NaN")
 
     def __repr__(self) -> str:
         extra = ", finite_only=True" if self.finite_only else ""
         extra += "" if self.saturate else ", saturate=False"
+        extra += "" if self.has_nan else ", has_nan=False"
         return f"FloatFormat(exp={self.exp}, man={self.man}{extra})"
 
     @property
@@ -245,8 +256,8 @@ class FloatFormat:
 
     @property
     def max_value(self) -> float:
-        # finite_only spends the all-ones mantissa of the top exponent on NaN.
-        frac = 2.0 - 2.0 ** (1 - self.man) if self.finite_only else 2.0 - 2.0 ** -self.man
+        # finite_only spends the all-ones mantissa of the top exponent on NaN (unless has_nan=False).
+        frac = 2.0 - 2.0 ** (1 - self.man) if self.finite_only and self.has_nan else 2.0 - 2.0 ** -self.man
         return frac * 2.0 ** self.emax
 
     @property
@@ -300,9 +311,9 @@ FLOAT16 = FloatFormat(5, 10)
 MXINT8 = BlockFloat(8, ebits=8, block=PerGroup(32, -1), symmetric=True)
 MXFP8_E4M3 = MXFloat(FP8_E4M3)
 MXFP8_E5M2 = MXFloat(FP8_E5M2)
-MXFP6_E2M3 = MXFloat(FloatFormat(2, 3, finite_only=True))
-MXFP6_E3M2 = MXFloat(FloatFormat(3, 2, finite_only=True))
-MXFP4_E2M1 = MXFloat(FloatFormat(2, 1, finite_only=True))
+MXFP6_E2M3 = MXFloat(FloatFormat(2, 3, finite_only=True, has_nan=False))
+MXFP6_E3M2 = MXFloat(FloatFormat(3, 2, finite_only=True, has_nan=False))
+MXFP4_E2M1 = MXFloat(FloatFormat(2, 1, finite_only=True, has_nan=False))
 
 PRESETS: dict[str, Format] = {
     "fp8_e4m3": FP8_E4M3,

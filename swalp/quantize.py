@@ -122,10 +122,12 @@ def quantize(
     if not isinstance(fmt, FORMAT_TYPES):
         raise ValueError(f"unknown format {fmt!r}")
     rounding = Rounding.parse(rounding)
-    if rounding is Rounding.STOCHASTIC:
-        seed = draw_seed() if seed is None else check_seed(seed)
+    if seed is not None:
+        seed = check_seed(seed)
+    elif rounding is Rounding.STOCHASTIC:
+        seed = draw_seed()
     block = getattr(fmt, "block", None)
     if block is not None and hasattr(block, "axis") and x.dim() > 0:
         _reference._axis(block.axis, x.dim())
     with torch.no_grad():
-        return _pick_backend(backend, x, fmt).fn(x, fmt, rounding, seed)
+        return _pick_backend(backend, x, fmt).fn(x, fmt, rounding, seed).contiguous()

@@ -1,0 +1,226 @@
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import swalp
+from swalp import BlockFloat, LowPrecisionOptimizer, PerAxis, Recipe, get_recipe, quantize, quantize_model
+from swalp._reference import block_absmax, floor_log2
+from swalp.optim import _ACC, _GRAD, _INIT, _STATE, derive_seed
+from swalp.recipes import param_format
+
+LR, MOM, WD = 0.1, 0.9, 5e-4
+
+
+def data(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def net_and_opt(recipe="paper", seed=7, make=None):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+    inner = (make or (lambda ps: torch.optim.SGD(ps, lr=LR, momentum=MOM, weight_decay=WD)))(net.parameters())
+    return net, LowPrecisionOptimizer(inner, recipe, seed=seed)
+
+
+def train(net, opt, steps, start=0):
+    for k in range(start, start + steps):
+        x, y = data(seed=k)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+
+def on_grid(x, fmt):
+    """x is representable in BlockFloat ``fmt``: wl-bit integers times 2^(e - (wl - 2)),
+    where e is floor(log2 max|block|) or one less (a value rounded up to -2^e, which
+    re-quantizing would move to a coarser grid)."""
+    fmt = param_format(fmt, x)
+    e = floor_log2(block_absmax(x, fmt.block).clamp(min=1e-30))
+    ok = torch.zeros_like(x, dtype=torch.bool)
+    for shift in (fmt.wl - 2 - e, fmt.wl - 1 - e):
+        q = x * torch.pow(2.0, shift.float())
+        ok |= (q == q.round()) & (q >= fmt.qmin) & (q <= fmt.qmax)
+    return bool(ok.all())
+
+
+def test_step_equals_the_hand_written_paper_update():
+    r = get_recipe("paper")
+    torch.manual_seed(0)
+    params0 = [p.detach().clone() for p in nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)).parameters()]
+    net, opt = net_and_opt()
+    S = 7
+
+    def Q(x, fmt, step, i, role, sub=0):
+        return quantize(x, param_format(fmt, x), "stochastic", derive_seed(S, step, i, role, sub))
+
+    a = [Q(p, r.acc, 0, i, _INIT) for i, p in enumerate(params0)]  # the weights are quantized at construction
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), a))
+    m = [None] * len(a)
+    for step in (1, 2, 3):
+        x, y = data(seed=step)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        grads = [p.grad.clone() for p in net.parameters()]
+        opt.step()
+        for i, g in enumerate(grads):
+            g = Q(g, r.grad, step, i, _GRAD)
+            d = g.add(a[i], alpha=WD)
+            m[i] = d if m[i] is None else m[i].mul(MOM).add(d)  # m = 0.9 m + g + wd a
+            a[i] = Q(a[i].add(m[i], alpha=-LR), r.acc, step, i, _ACC)  # a = Q_ACC(a - lr m); w = a
+            m[i] = Q(m[i], r.momentum, step, i, _STATE)  # m = Q(m)
+        for i, p in enumerate(net.parameters()):
+            assert torch.equal(p, a[i]), (step, i)
+            assert torch.equal(opt.state[p]["momentum_buffer"], m[i]), (step, i)
+
+
+def test_weights_and_momentum_lie_on_the_grid():
+    net, opt = net_and_opt()
+    train(net, opt, 3)
+    fmt = BlockFloat(8, block=PerAxis(0))
+    for p in net.parameters():
+        assert on_grid(p, fmt) and on_grid(opt.state[p]["momentum_buffer"], fmt)
+        assert not on_grid(p, BlockFloat(4, block=PerAxis(0)))  # a check that can fail
+    assert opt.acc == {}  # acc == weight: no full-precision master copy
+
+
+def test_separate_accumulator_in_state():
+    recipe = Recipe(weight=BlockFloat(4, block=PerAxis(0)), grad=BlockFloat(8), acc=None, name="fp32-acc")
+    net, opt = net_and_opt(recipe)
+    train(net, opt, 2)
+    for p in net.parameters():
+        a = opt.acc[p]
+        assert on_grid(p, recipe.weight) and not torch.equal(a, p)
+        assert (a - p).abs().max() > 0
+    assert set(opt.state_dict()["swalp"]["acc"]) == {0, 1, 2, 3}
+
+
+def test_params_without_grads_are_skipped_and_closure_works():
+    net, opt = net_and_opt()
+    net[0].weight.requires_grad_(False)
+    frozen = net[0].weight.detach().clone()
+    x, y = data()
+    calls = []
+
+    def closure():
+        calls.append(1)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert isinstance(loss, torch.Tensor) and len(calls) == 1
+    assert torch.equal(net[0].weight, frozen) and net[0].weight not in opt.state
+    assert on_grid(net[2].weight.grad, BlockFloat(8, block=PerAxis(0)))  # the closure's grads were quantized
+
+
+def test_seed_none_repeats_with_manual_seed():
+    def run():
+        net, opt = net_and_opt(seed=None)
+        train(net, opt, 2)
+        return [p.clone() for p in net.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(), run()))
+
+
+ACC8 = Recipe(weight=BlockFloat(6), acc=BlockFloat(8), momentum="e5m2", name="acc8")
+
+
+@pytest.mark.parametrize("recipe", ["paper", ACC8])
+def test_state_dict_round_trip_then_identical_training(recipe):
+    net, opt = net_and_opt(recipe)
+    quantize_model(net, recipe)
+    train(net, opt, 3)
+    assert len(opt.acc) == (4 if recipe is ACC8 else 0)
+    buf = io.BytesIO()
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf)  # weights_only: the state holds plain ints, dicts and tensors
+    model_sd, opt_sd = saved["model"], saved["opt"]
+    torch.manual_seed(123)  # the activation Quantizers draw from the global generator
+    train(net, opt, 3, start=3)
+
+    net2, opt2 = net_and_opt(recipe, seed=99)
+    quantize_model(net2, recipe)
+    net2.load_state_dict(model_sd)
+    opt2.load_state_dict(opt_sd)
+    assert opt2.seed == 7 and opt2.steps == 3
+    sd2 = opt2.state_dict()
+    for k, v in opt_sd["state"].items():
+        assert torch.equal(sd2["state"][k]["momentum_buffer"], v["momentum_buffer"])
+    torch.manual_seed(123)
+    train(net2, opt2, 3, start=3)
+    for p, q in zip(net.parameters(), net2.parameters()):
+        assert torch.equal(p, q)
+    for p, q in zip(net.parameters(), net2.parameters()):
+        assert p not in opt.acc or torch.equal(opt.acc[p], opt2.acc[q])
+
+
+def test_adamw_works_and_keeps_the_second_moment_in_full_precision():
+    def adamw(ps):
+        return torch.optim.AdamW(ps, lr=0.02, weight_decay=0.01)
+
+    net, opt = net_and_opt("paper", make=adamw)
+    x, _ = data(64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses
+    fmt = BlockFloat(8, block=PerAxis(0))
+    w = net[0].weight
+    assert on_grid(w, fmt) and on_grid(opt.state[w]["exp_avg"], fmt)
+    assert not on_grid(opt.state[w]["exp_avg_sq"], fmt)  # full precision (see swalp.optim)
+    assert opt.state_format("exp_avg_sq") is None
+
+    net, opt = net_and_opt("paper", make=adamw)
+    opt.state_formats["exp_avg_sq"] = swalp.BFLOAT16
+    train(net, opt, 2)
+    v = opt.state[net[0].weight]["exp_avg_sq"]
+    assert torch.equal(v.bfloat16().float(), v)
+
+    scalar = nn.Parameter(torch.tensor(0.3))  # its shape is the step counter's
+    coarse = Recipe(momentum=BlockFloat(2), name="coarse")  # would turn a step count of 3 into 2
+    opt = LowPrecisionOptimizer(torch.optim.AdamW([scalar], lr=0.01), coarse, seed=0)
+    for _ in range(3):
+        scalar.grad = torch.tensor(0.123456)
+        opt.step()
+    assert opt.state[scalar]["step"].item() == 3.0
+
+
+def test_add_param_group_deepcopy_and_torch_schedulers():
+    net, opt = net_and_opt()
+    extra = nn.Parameter(torch.tensor([[1.0, 0.3], [100.0, 0.3]]))
+    opt.add_param_group({"params": extra, "lr": 0.01})
+    assert on_grid(extra, BlockFloat(8, block=PerAxis(0))) and extra[1, 1] == 0.0
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # needs isinstance(opt, Optimizer)
+    twin = copy.deepcopy((net, opt))
+    train(net, opt, 1)
+    sched.step()
+    assert opt.param_groups[0]["lr"] == LR / 2 and opt.optimizer.param_groups[1]["lr"] == 0.005
+    net2, opt2 = twin
+    assert opt2.optimizer is not opt.optimizer and opt2.param_groups[0]["params"][0] is net2[0].weight
+    train(net2, opt2, 1)
+    assert torch.equal(net2[0].weight, net[0].weight)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="torch.optim.Optimizer"):
+        LowPrecisionOptimizer([nn.Parameter(torch.zeros(1))], "paper")
+    with pytest.raises(ValueError, match="unknown recipe"):
+        LowPrecisionOptimizer(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), "paper9")
+    net, opt = net_and_opt()
+    with pytest.raises(ValueError, match="already a LowPrecisionOptimizer"):
+        LowPrecisionOptimizer(opt, "paper")
+    with pytest.raises(ValueError, match="no 'swalp' entry"):
+        opt.load_state_dict(opt.optimizer.state_dict())
+    with pytest.raises(ValueError, match="seed"):
+        LowPrecisionOptimizer(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), "paper", seed=-1)
