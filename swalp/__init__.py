@@ -23,6 +23,12 @@ from .formats import (
 )
 from .quantize import quantize
 from .quantizer import Quantizer
+from . import _cpp, _triton  # noqa: F401,E402  register the fast backends (built on first use, not here)
+from .recipes import Recipe, get_recipe
+from .convert import quantize_model
+from .optim import LowPrecisionOptimizer
+from .averaging import WeightAverage, update_bn
+from .schedule import SWALPLR
 
 __version__ = "0.1.0"
 
@@ -45,4 +51,11 @@ __all__ = [
     "Rounding",
     "get_format",
     "quantize",
+    "Recipe",
+    "get_recipe",
+    "quantize_model",
+    "LowPrecisionOptimizer",
+    "WeightAverage",
+    "update_bn",
+    "SWALPLR",
 ]

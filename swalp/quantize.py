@@ -38,16 +38,18 @@ class Backend:
 
 
 _BACKENDS: dict[str, Backend] = {}
+_BY_PRIORITY: list[Backend] = []  # kept sorted here, not on every call: quantize() is a hot path
 
 
 def register_backend(backend: Backend) -> None:
     """Add (or replace) a backend; the automatic choice takes the highest priority."""
     _BACKENDS[backend.name] = backend
+    _BY_PRIORITY[:] = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
 
 
 def backends() -> list[str]:
     """Names of the registered backends, fastest first."""
-    return [b.name for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority)]
+    return [b.name for b in _BY_PRIORITY]
 
 
 register_backend(Backend("reference", _reference.quantize, lambda x, fmt: True, priority=0))
@@ -55,7 +57,7 @@ register_backend(Backend("reference", _reference.quantize, lambda x, fmt: True, 
 
 def _pick_backend(name: str | None, x: Tensor, fmt: Format) -> Backend:
     if name is None or name == "auto":
-        for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority):
+        for b in _BY_PRIORITY:
             if b.supports(x, fmt):
                 return b
         return _BACKENDS["reference"]

@@ -4,12 +4,14 @@ as a torch LR scheduler.
 With ``t = epoch / budget`` (``epoch`` may be fractional):
 
 * ``kind="swalp"`` (the reference): ``lr0`` for ``t <= 0.5``; linear from ``lr0`` to
-  ``ratio * lr0`` for ``0.5 < t <= 0.9``; ``ratio * lr0`` for ``0.9 < t <= 1``.
-* ``kind="cosine"``: ``ratio*lr0 + (1 - ratio) * lr0 * (1 + cos(pi t)) / 2`` for ``t <= 1``
-  (from ``lr0`` at t = 0 down to ``ratio * lr0`` at t = 1).
-* ``kind="constant"``: ``lr0`` for ``t <= 1``.
+  ``ratio * lr0`` for ``0.5 < t <= 0.9``; ``ratio * lr0`` for ``0.9 < t < 1``.
+* ``kind="cosine"``: ``ratio*lr0 + (1 - ratio) * lr0 * (1 + cos(pi t)) / 2`` for ``t < 1``
+  (from ``lr0`` at t = 0 down towards ``ratio * lr0`` at t = 1).
+* ``kind="constant"``: ``lr0`` for ``t < 1``.
 
-Every kind then holds ``swa_lr`` for ``t > 1`` (the averaging phase).
+Every kind then holds ``swa_lr`` for ``t >= 1`` (the averaging phase: epoch index ``B``,
+the first epoch after the budget, already runs at ``swa_lr``, as in the reference code,
+whose schedule tests ``t < 1.0`` before switching).
 """
 
 from __future__ import annotations
@@ -38,17 +40,17 @@ def swalp_lr(epoch: float, budget: float, lr0: float, swa_lr: float, ratio: floa
             rate changes once per epoch; ``step / steps_per_epoch`` per step).
         budget: ``B``, the epochs of ordinary training before averaging starts (> 0).
         lr0: the initial learning rate.
-        swa_lr: the constant rate once ``epoch > budget``.
+        swa_lr: the constant rate once ``epoch >= budget``.
         ratio: the final rate of the decay as a fraction of ``lr0`` (paper: 0.01).
         kind: ``"swalp"``, ``"cosine"`` or ``"constant"`` (module docstring).
 
-    The boundaries are inclusive on the left segment, as in the reference code: at
-    ``t = 0.5`` the rate is still ``lr0`` and at ``t = 1`` (epoch index ``B``) still
-    ``ratio * lr0``; ``swa_lr`` starts just after.
+    The boundaries follow the reference code: at ``t = 0.5`` the rate is still ``lr0``,
+    at ``t = 0.9`` the decay ends, and epoch index ``B`` (``t = 1``, the first epoch
+    after the budget) runs at ``swa_lr``.
 
     Example (B = 10, lr0 = 0.1, swa_lr = 0.01):
         >>> [round(swalp_lr(e, 10, 0.1, 0.01), 6) for e in (0, 5, 7, 9, 10, 11)]
-        [0.1, 0.1, 0.0505, 0.001, 0.001, 0.01]
+        [0.1, 0.1, 0.0505, 0.001, 0.01, 0.01]
     """
     epoch = _check_number("epoch", epoch)
     budget = _check_number("budget", budget, positive=True)
@@ -58,7 +60,7 @@ def swalp_lr(epoch: float, budget: float, lr0: float, swa_lr: float, ratio: floa
     if kind not in KINDS:
         raise ValueError(f"unknown schedule kind {kind!r}; accepted: {', '.join(KINDS)}")
     t = epoch / budget
-    if t > 1.0:
+    if t >= 1.0:
         return swa_lr
     if kind == "constant":
         return lr0
@@ -88,9 +90,8 @@ class SWALPLR(LRScheduler):
         kind: ``"swalp"``, ``"cosine"`` or ``"constant"``.
         last_epoch: index of the last step taken, to resume (-1: a fresh run).
 
-    Caveat: per step, the flat ``ratio * lr0`` segment ends exactly at ``t = 1``, so
-    the first epoch after the budget runs at ``swa_lr`` (per epoch, it runs at
-    ``ratio * lr0``, as the reference). Resume with ``state_dict()``/``load_state_dict()``.
+    Per step or per epoch, the first epoch after the budget runs at ``swa_lr``, as in
+    the reference. Resume with ``state_dict()``/``load_state_dict()``.
 
     Example:
         >>> import torch
@@ -100,7 +101,7 @@ class SWALPLR(LRScheduler):
         >>> for _ in range(12):
         ...     lrs.append(round(opt.param_groups[0]["lr"], 6)); opt.step(); sched.step()
         >>> lrs
-        [0.1, 0.1, 0.1, 0.1, 0.1, 0.069063, 0.038125, 0.007188, 0.001, 0.01, 0.01, 0.01]
+        [0.1, 0.1, 0.1, 0.1, 0.1, 0.069063, 0.038125, 0.007188, 0.01, 0.01, 0.01, 0.01]
     """
 
     def __init__(

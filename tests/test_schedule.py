@@ -21,7 +21,7 @@ LR0, SWA = 0.05, 0.01
         (80.5, 0.05 * (1 - 0.99 * 0.7625)),  # fractional epoch
         (90, 0.0005),
         (95, 0.0005),
-        (100, 0.0005),  # t = 1 is still ratio * lr0
+        (100, 0.01),  # t = 1, the first epoch after the budget: swa_lr (reference: t < 1.0)
         (100.25, 0.01),
         (150, 0.01),
     ],
@@ -35,9 +35,10 @@ def test_cosine_and_constant_kinds():
     assert swalp_lr(5, 10, 0.1, SWA, kind="cosine") == pytest.approx(0.1 * (0.01 + 0.99 / 2), rel=1e-12)
     quarter = 0.1 * (0.01 + 0.99 * (1 + math.sqrt(0.5)) / 2)
     assert swalp_lr(2.5, 10, 0.1, SWA, kind="cosine") == pytest.approx(quarter, rel=1e-12)
-    assert swalp_lr(10, 10, 0.1, SWA, kind="cosine") == pytest.approx(0.001, rel=1e-12)
+    assert swalp_lr(9.999999, 10, 0.1, SWA, kind="cosine") == pytest.approx(0.001, rel=1e-9)
+    assert swalp_lr(10, 10, 0.1, SWA, kind="cosine") == SWA
     assert swalp_lr(11, 10, 0.1, SWA, kind="cosine") == SWA
-    assert [swalp_lr(e, 10, 0.1, SWA, kind="constant") for e in (0, 9.9, 10, 10.1)] == [0.1, 0.1, 0.1, SWA]
+    assert [swalp_lr(e, 10, 0.1, SWA, kind="constant") for e in (0, 9.9, 10, 10.1)] == [0.1, 0.1, SWA, SWA]
 
 
 def test_scheduler_per_epoch_matches_the_function():
@@ -50,7 +51,7 @@ def test_scheduler_per_epoch_matches_the_function():
         opt.step()
         sched.step()
     assert seen == pytest.approx([swalp_lr(e, 10, 0.1, SWA) for e in range(15)], rel=1e-12)
-    assert seen[10] == pytest.approx(0.001) and seen[11] == SWA
+    assert seen[9] == pytest.approx(0.001) and seen[10] == SWA
 
 
 def test_scheduler_per_step_uses_fractional_epochs_and_every_group():
@@ -64,8 +65,8 @@ def test_scheduler_per_step_uses_fractional_epochs_and_every_group():
         sched.step()
     # step k is at epoch k / 4; step 5 is at t = 0.625
     assert got[5] == pytest.approx([0.1 * (1 - 0.99 * 0.3125), 1.0 * (1 - 0.99 * 0.3125)], rel=1e-12)
-    assert got[8] == pytest.approx([0.001, 0.01], rel=1e-12)
-    assert got[9] == [SWA, SWA]
+    assert got[7] == pytest.approx([0.1 * (1 - 0.99 * 0.9375), 1.0 * (1 - 0.99 * 0.9375)], rel=1e-12)
+    assert got[8] == got[9] == [SWA, SWA]  # t = 1: the averaging phase
 
 
 def test_scheduler_with_low_precision_optimizer_and_resume():

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo
+from . import compare, demo, reproduce, train
 
-COMMANDS = [demo]
+COMMANDS = [demo, train, compare, reproduce]
 
 
 def build_parser() -> argparse.ArgumentParser:

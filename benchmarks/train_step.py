@@ -1,0 +1,133 @@
+"""Time per training step: the "paper" recipe against plain FP32, on the same batch.
+
+For each model it builds two copies from the same seed: a plain PyTorch one trained with
+``torch.optim.SGD`` (FP32), and one converted as ``swalp train`` does it
+(``swalp.quantize_model(model, recipe)`` + ``swalp.LowPrecisionOptimizer``), then times
+whole steps (forward, cross-entropy, zero_grad, backward, optimizer step), alternating
+FP32 and low-precision steps so that both see the same machine load. It reports the
+median of ``--steps`` steps after ``--warmup`` warm-up steps, and their ratio (the
+issue's target: at most 1.3).
+
+Models (issue 5, item 6):
+* ``cnn1d``: the default MNIST-1D model, batch 100 of real MNIST-1D examples
+  (generated locally by mnist1d, no download);
+* ``vgg16``: VGG-16 at CIFAR size, batch 128 of random 3x32x32 images.
+
+    python benchmarks/train_step.py                               # both models
+    python benchmarks/train_step.py --models cnn1d --steps 50 --json steps.json
+    python benchmarks/train_step.py --recipe paper-big-block --threads 2
+
+SGD settings are the paper's VGG-16 ones (lr 0.05, momentum 0.9, wd 5e-4) for both
+models; the learning rate does not change the cost of a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import swalp
+from swalp.models import build_model, default_model
+from swalp.quantize import backends
+
+BATCH = {"cnn1d": 100, "vgg16": 128}
+
+
+def batch_for(name: str, generator: torch.Generator):
+    """(model name, inputs, targets, number of classes)."""
+    if name == "cnn1d":
+        from swalp.data import load_data
+
+        data = load_data("mnist1d")
+        xs, ys = zip(*(data.train[i] for i in range(BATCH[name])))
+        return default_model("mnist1d"), torch.stack(xs).float(), torch.as_tensor(ys), data.num_classes
+    if name == "vgg16":
+        x = torch.randn(BATCH[name], 3, 32, 32, generator=generator)
+        return "vgg16", x, torch.randint(0, 10, (BATCH[name],), generator=generator), 10
+    raise ValueError(f"unknown model {name!r}; accepted: {', '.join(map(repr, BATCH))}")
+
+
+def make_step(model_name, num_classes, input_shape, recipe):
+    """A closure running one training step; recipe None is plain PyTorch FP32."""
+    torch.manual_seed(0)
+    model = build_model(model_name, num_classes, input_shape)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    opt = sgd
+    if recipe is not None:
+        swalp.quantize_model(model, recipe)
+        opt = swalp.LowPrecisionOptimizer(sgd, recipe, seed=0)
+    model.train()
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def timed(step, x, y) -> float:
+    start = time.perf_counter()
+    step(x, y)
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(BATCH), choices=list(BATCH))
+    p.add_argument("--recipe", default="paper", help="low-precision recipe to time against FP32 (default paper)")
+    p.add_argument("--steps", type=int, default=12, help="timed steps per model and recipe (default 12)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--json", metavar="FILE", help="also write the records as JSON")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
+    recipe = swalp.get_recipe(args.recipe)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+    print(f"train step: FP32 vs {recipe.name!r}, {threads} threads, torch {torch.__version__}, {machine}")
+    print(f"median of {args.steps} steps after {args.warmup} warm-up steps, FP32 and low-precision steps alternating\n")
+    print(f"{'model':<8}{'batch':>6}{'fp32 ms':>10}{recipe.name + ' ms':>14}{'ratio':>8}")
+    records = []
+    gen = torch.Generator().manual_seed(0)
+    for name in args.models:
+        model_name, x, y, classes = batch_for(name, gen)
+        steps = {"fp32": make_step(model_name, classes, tuple(x.shape[1:]), None),
+                 recipe.name: make_step(model_name, classes, tuple(x.shape[1:]), recipe)}  # fmt: skip
+        times = {k: [] for k in steps}
+        for i in range(args.warmup + args.steps):
+            for k, step in steps.items():
+                t = timed(step, x, y)
+                if i >= args.warmup:
+                    times[k].append(t)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = med[recipe.name] / med["fp32"]
+        print(f"{name:<8}{len(y):>6}{med['fp32'] * 1e3:>10.1f}{med[recipe.name] * 1e3:>14.1f}{ratio:>8.2f}")
+        sys.stdout.flush()
+        records.append(dict(model=name, batch=len(y), recipe=recipe.name, fp32_seconds=med["fp32"],
+                            recipe_seconds=med[recipe.name], ratio=ratio, steps=args.steps, warmup=args.warmup,
+                            threads=threads, torch=torch.__version__, machine=machine,
+                            backends=backends(),
+                            step_seconds={k: v for k, v in times.items()}))  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+        print(f"\nwrote {len(records)} records to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The "cpp" backend: C++ CPU kernels (swalp/csrc/*.cpp), compiled on first use.
+
+Nothing is compiled at ``import swalp``: the first CPU quantization builds the kernels
+with :func:`torch.utils.cpp_extension.load` (about a minute, once) into a per-user cache,
+``$SWALP_CACHE_DIR`` or ``~/.cache/swalp`` (``$XDG_CACHE_HOME/swalp``), in a folder named
+by a hash of the source, the compiler flags, the Python and torch versions; later
+processes load the cached library in well under a second. Without a working compiler
+(or ninja) the backend warns once and computes with the reference instead, so results
+are the same, only slower.
+
+Compiler flags: ``-O3`` for the auto-vectoriser, ``-ffp-contract=off`` so that no
+multiply-add is fused (bit-exact results must not depend on the compiler), and
+``-mavx2 -mf16c`` only when torch reports that the CPU running the build has AVX2. The
+choice is part of the cache key, so a home folder shared by machines of different
+CPU generations gets one build per kind of CPU rather than a build that crashes on
+the older one (which ``-march=native`` would risk).
+
+Example:
+    >>> import torch, swalp
+    >>> x = torch.randn(1000)
+    >>> a = swalp.quantize(x, "bfp8", seed=0, backend="cpp")
+    >>> torch.equal(a, swalp.quantize(x, "bfp8", seed=0, backend="reference"))
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import _kernels, _reference
+from .quantize import Backend, register_backend
+
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("quantize.cpp", "output.cpp")]
+_BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
+
+_lock = threading.Lock()
+_state: str | None = None  # None: not tried yet; "ok"; "failed"
+
+
+def cflags() -> list[str]:
+    """Compiler flags for this machine (see the module docstring for why)."""
+    flags = list(_BASE_FLAGS)
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    cap = torch.backends.cpu.get_cpu_capability() if x86 else "DEFAULT"
+    if cap in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mf16c"]
+    if cap == "AVX512":  # 16 lanes: halves the instructions of the random-number hash
+        flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mprefer-vector-width=512"]
+    return flags
+
+
+def build_dir() -> Path:
+    """The cache folder of this source, these flags, this Python and this torch."""
+    key = hashlib.sha256()
+    for source in SOURCES:
+        key.update(source.read_bytes())
+    key.update(" ".join(cflags()).encode())
+    key.update(f"{torch.__version__} {sys.version_info[:2]} {platform.machine()}".encode())
+    root = os.environ.get("SWALP_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "swalp"
+    )
+    return Path(root) / f"cpp-{key.hexdigest()[:16]}"
+
+
+def load() -> bool:
+    """Build (once per machine) and load the kernels; False, with one warning, if that fails."""
+    global _state
+    if _state is not None:  # fast path, also what torch.compile sees
+        return _state == "ok"
+    with _lock:
+        if _state is None:
+            _state = "failed"
+            try:
+                from torch.utils import cpp_extension
+
+                compiler = (os.environ.get("CXX") or "c++").split()[0]
+                if shutil.which(compiler) is None:
+                    raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX)")
+                if not cpp_extension.is_ninja_available():
+                    raise RuntimeError("ninja is not installed (pip install ninja)")
+                folder = build_dir()
+                folder.mkdir(parents=True, exist_ok=True)
+                cpp_extension.load(
+                    name="swalp_cpp_" + folder.name[4:],
+                    sources=[str(source) for source in SOURCES],
+                    extra_cflags=cflags(),
+                    build_directory=str(folder),
+                    is_python_module=False,
+                    verbose=False,
+                )
+                _state = "ok"
+            except Exception as err:  # no compiler, no ninja, a broken toolchain
+                lines = str(err).strip().splitlines() or [""]
+                why = next((line for line in lines if "error:" in line), lines[-1]).strip()
+                warnings.warn(
+                    f"swalp: could not build the C++ quantization kernels ({type(err).__name__}: {why[:300]}); "
+                    "using the pure-PyTorch reference instead (same results, slower). "
+                    "The build needs a C++ compiler and ninja; a new process tries again",
+                    RuntimeWarning,
+                    stacklevel=4,  # the caller of swalp.quantize
+                )
+    return _state == "ok"
+
+
+def quantize(x, fmt, rounding, seed):
+    """The backend's ``fn``: the C++ kernel, or the reference if it could not be built."""
+    if not load():
+        return _reference.quantize(x, fmt, rounding, seed)
+    return _kernels.quantize(x, fmt, rounding, seed)
+
+
+def _supports(x, fmt) -> bool:
+    return x.device.type == "cpu" and _state != "failed"
+
+
+register_backend(Backend("cpp", quantize, _supports, priority=10))

@@ -1,0 +1,314 @@
+"""Every fast backend against the reference, bit for bit.
+
+The C++ kernels are built on first use (once per machine, cached); the Triton kernels
+run on CUDA tensors only, so their tests skip without a GPU (``-m gpu`` selects them),
+except one that runs them on CPU under Triton's interpreter when triton is installed.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import swalp
+from swalp import _cpp, _kernels
+from swalp.formats import BlockFloat, FixedPoint, FloatFormat, MXFloat, PerAxis, PerGroup, PerTensor, get_format
+from swalp.quantize import _pick_backend
+
+HAS_CUDA_TRITON = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+BACKENDS = [pytest.param("cpp", "cpu", id="cpp")]
+if HAS_CUDA_TRITON:  # pragma: no cover - needs a GPU
+    BACKENDS.append(pytest.param("triton", "cuda", id="triton", marks=pytest.mark.gpu))
+
+E4M3 = get_format("e4m3")
+FORMATS = [
+    FixedPoint(8, 6),
+    FixedPoint(4, 2),
+    FixedPoint(2, 0),
+    FixedPoint(32, 3),  # bounds that float32 cannot hold exactly
+    FixedPoint(16, 64),  # shifts near the two-factor limit
+    BlockFloat(8),
+    BlockFloat(4, ebits=1),
+    BlockFloat(8, block=PerAxis(0)),
+    BlockFloat(8, block=PerAxis(1)),
+    BlockFloat(8, block=PerAxis(-1)),
+    BlockFloat(6, block=PerGroup(7, 1)),
+    BlockFloat(8, block=PerGroup(32, -1), symmetric=True),
+    BlockFloat(32, block=PerGroup(3, 0)),
+    BlockFloat(8, block=PerGroup(1, -1)),
+    BlockFloat(8, block=PerGroup(700, -1)),  # tiles larger than the kernel's run of groups
+    E4M3,
+    FloatFormat(5, 2),
+    FloatFormat(8, 7),
+    FloatFormat(5, 10),
+    FloatFormat(2, 0),
+    FloatFormat(3, 2, saturate=False),
+    FloatFormat(8, 23, finite_only=True),  # largest value above float32's range
+    get_format("mxfp8_e4m3"),
+    get_format("mxfp4_e2m1"),
+    MXFloat(FloatFormat(5, 2), block=PerGroup(5, 0), ebits=4),
+    MXFloat(FloatFormat(3, 2), block=PerAxis(1)),
+    MXFloat(FloatFormat(3, 2), block=PerTensor()),
+]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def assert_bitwise(a, b):
+    """Same shape and dtype, NaN in the same places, every other value with the same bits
+    (so -0.0 and 0.0 differ)."""
+    assert a.shape == b.shape and a.dtype == b.dtype
+    nan = torch.isnan(a)
+    assert torch.equal(nan, torch.isnan(b)), "NaN in different places"
+    as_int = {torch.float64: torch.int64, torch.float32: torch.int32}.get(a.dtype, torch.int16)
+    ia, ib = a[~nan].contiguous().view(as_int), b[~nan].contiguous().view(as_int)
+    bad = (ia != ib).nonzero()
+    assert bad.numel() == 0, f"{bad.numel()} values differ, first: {a[~nan][bad[0]].item()} vs {b[~nan][bad[0]].item()}"
+
+
+def test_assert_bitwise_tells_signed_zeros_and_nan_places_apart():
+    assert_bitwise(torch.tensor([0.0, float("nan")]), torch.tensor([0.0, float("nan")]))
+    with pytest.raises(AssertionError):
+        assert_bitwise(torch.tensor([0.0]), torch.tensor([-0.0]))
+    with pytest.raises(AssertionError):
+        assert_bitwise(torch.tensor([1.0, float("nan")]), torch.tensor([float("nan"), 1.0]))
+
+
+def sample(shape, seed=0, specials=True):
+    """Magnitudes over many binades, and NaN, +-inf, +-0 and subnormals."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.exp(4 * torch.randn(shape, generator=g, dtype=torch.float64))
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+    flat = x.view(-1)
+    if specials and flat.numel() >= 13:
+        flat[3], flat[5], flat[7] = float("nan"), float("inf"), -float("inf")
+        flat[9], flat[10], flat[11] = 1e-42, 0.0, -0.0
+        flat[12] = -3e-41  # a negative subnormal: floor is -1, not -0
+    return x.float()
+
+
+def both(x, fmt, rounding, backend, seed=1234):
+    ref = swalp.quantize(x, fmt, rounding, seed=seed, backend="reference")
+    return ref, swalp.quantize(x, fmt, rounding, seed=seed, backend=backend)
+
+
+SHAPES = [(17, 13, 3), (5, 129), (1000,), (), (1, 1, 1)]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("fmt", FORMATS, ids=repr)
+def test_bit_identical_to_reference(fmt, backend, device):
+    axis = getattr(getattr(fmt, "block", None), "axis", 0)
+    for shape in SHAPES:
+        if not -len(shape) <= axis < max(1, len(shape)):
+            continue  # quantize() rejects the axis before any backend runs
+        base = sample(shape, seed=len(shape)).to(device)
+        for dtype in DTYPES:
+            x = base.to(dtype)
+            views = [x]
+            if x.dim() >= 2:  # non-contiguous: transposed and strided views
+                views += [x.transpose(0, -1), x[::2, ::3]]
+            for v in views:
+                for rounding in ("nearest", "stochastic"):
+                    assert_bitwise(*both(v, fmt, rounding, backend))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize(
+    "shape,fmt",
+    [
+        (((1 << 17) + 3,), FixedPoint(8, 6)),  # several parallel chunks
+        (((1 << 17) + 3,), FloatFormat(4, 3, finite_only=True)),
+        ((3, (1 << 17) + 1), BlockFloat(8)),  # parallel block maximum
+        ((257, 1031), BlockFloat(8, block=PerAxis(0))),  # a row per block, in cache
+        ((1, 300001), BlockFloat(8, block=PerAxis(0))),  # one long row
+        ((3, 1, 70001), BlockFloat(8, block=PerAxis(0))),  # rows longer than the cache-sized ones
+        ((64, 33, 65), BlockFloat(8, block=PerAxis(1))),  # strided blocks
+        ((515, 301), BlockFloat(8, block=PerAxis(1))),  # column blocks
+        ((300, 1001), get_format("mxint8")),  # k-tiles with ragged tails
+        ((97, 3, 1031), BlockFloat(8, block=PerGroup(32, 0))),  # k-tiles along a middle axis
+        ((20, 2000), MXFloat(E4M3, block=PerGroup(16, 0))),
+    ],
+    ids=str,
+)
+def test_large_tensors_every_kernel_path(shape, fmt, backend, device):
+    x = sample(shape, seed=7).to(device)
+    for rounding in ("nearest", "stochastic"):
+        assert_bitwise(*both(x, fmt, rounding, backend, seed=2**64 - 1))
+    assert_bitwise(*both(x.to(torch.bfloat16), fmt, "stochastic", backend, seed=5))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_empty_tensors(backend, device):
+    for shape in [(0,), (0, 3), (4, 0, 2)]:
+        for fmt in (FixedPoint(8, 6), BlockFloat(8, block=PerAxis(-1)), get_format("mxint8"), E4M3):
+            x = torch.empty(shape, device=device)
+            ref, out = both(x, fmt, "stochastic", backend)
+            assert out.shape == shape and out.dtype == x.dtype
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_non_finite_blocks(backend, device):
+    """All-zero blocks give zeros, NaN stays put, inf saturates, all-NaN blocks stay NaN."""
+    nan, inf = float("nan"), float("inf")
+    x = torch.tensor([[0.0, 0.0, 0.0, 0.0], [nan] * 4, [1.0, inf, -inf, nan]], device=device)
+    fmt = BlockFloat(8, block=PerAxis(0))
+    ref, out = both(x, fmt, "stochastic", backend)
+    assert_bitwise(ref, out)
+    assert out[0].tolist() == [0.0] * 4 and out[2, :3].tolist() == [1.0, 1.984375, -2.0]
+    assert out[1].isnan().all() and out[2, 3].isnan()
+
+
+def test_results_do_not_depend_on_threads():
+    x = sample((300, 1001), seed=3)
+    fmt = BlockFloat(8, block=PerAxis(0))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = swalp.quantize(x, fmt, seed=9, backend="cpp")
+        torch.set_num_threads(max(2, threads))
+        many = swalp.quantize(x, fmt, seed=9, backend="cpp")
+    finally:
+        torch.set_num_threads(threads)
+    assert_bitwise(one, many)
+
+
+def test_cpp_is_the_default_on_cpu_and_reference_can_be_forced():
+    x = torch.randn(10)
+    assert _cpp.load()
+    assert _pick_backend(None, x, BlockFloat(8)).name == "cpp"
+    assert _pick_backend("reference", x, BlockFloat(8)).name == "reference"
+    # the Quantizer (and everything in training built on swalp.quantize) takes the default
+    torch.manual_seed(0)
+    a = swalp.Quantizer(BlockFloat(8))(x)
+    torch.manual_seed(0)
+    b = swalp.Quantizer(BlockFloat(8), backend="reference")(x)
+    assert_bitwise(a, b)
+
+
+def test_quantizer_forward_and_backward_through_the_op():
+    x = sample((8, 33), seed=4, specials=False).requires_grad_()
+    grad = sample((8, 33), seed=5, specials=False)
+    outs = []
+    for backend in ("cpp", "reference"):
+        torch.manual_seed(1)
+        q = swalp.Quantizer(BlockFloat(8, block=PerAxis(0)), FixedPoint(8, 4), backend=backend)
+        y = q(x)
+        (g,) = torch.autograd.grad(y, x, grad)
+        outs.append((y.detach(), g))
+    assert_bitwise(outs[0][0], outs[1][0])
+    assert_bitwise(outs[0][1], outs[1][1])
+
+
+def test_custom_op_registration_and_torch_compile():
+    x = sample((6, 40), seed=6)
+    args = _kernels.pack(x, get_format("mxint8"), swalp.Rounding.STOCHASTIC, 77)
+    torch.library.opcheck(torch.ops.swalp.quantize.default, (x, *args), test_utils=("test_schema", "test_faketensor"))
+
+    def f(t):
+        return swalp.quantize(t * 2, get_format("mxint8"), "stochastic", seed=77) / 2
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    assert_bitwise(compiled(x), f(x))
+
+
+def test_no_compiler_falls_back_to_the_reference_with_one_warning(tmp_path):
+    script = textwrap.dedent(
+        """
+        import warnings, torch, swalp
+        x = torch.randn(100)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            a = swalp.quantize(x, "bfp8", seed=3)
+            b = swalp.quantize(x, "bfp8", seed=3)
+        ref = swalp.quantize(x, "bfp8", seed=3, backend="reference")
+        msgs = [str(m.message) for m in w if "C++" in str(m.message)]
+        print(len(msgs), torch.equal(a, ref) and torch.equal(b, ref), msgs[0] if msgs else "")
+        """
+    )
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), SWALP_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    count, equal, msg = out.stdout.strip().split(" ", 2)
+    assert (count, equal) == ("1", "True") and "reference" in msg
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_triton_kernels_under_the_interpreter():
+    """The Triton kernels on CPU tensors through TRITON_INTERPRET=1 (slow: small tensors)."""
+    script = textwrap.dedent(
+        """
+        import torch, swalp
+        from swalp import _kernels, _reference, _triton
+        from swalp.formats import *
+        fmts = [FixedPoint(8, 6), BlockFloat(8), BlockFloat(8, block=PerAxis(1)), BlockFloat(5, block=PerGroup(7, 0)),
+                swalp.get_format("mxint8"), FloatFormat(4, 3, finite_only=True), FloatFormat(3, 2, saturate=False),
+                swalp.get_format("mxfp8_e5m2")]
+        x = torch.randn(9, 37, 3, dtype=torch.float64) * torch.exp(4 * torch.randn(9, 37, 3, dtype=torch.float64))
+        x.view(-1)[:7] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e-42, 0.0, -0.0, -3e-41])
+        bad = 0
+        row = torch.randn(3, 2048)  # rows of whole kernel blocks: one atomic per program
+        a = _reference.quantize(row, BlockFloat(8, block=PerAxis(0)), swalp.Rounding.STOCHASTIC, 5)
+        args = _kernels.pack(row, BlockFloat(8, block=PerAxis(0)), swalp.Rounding.STOCHASTIC, 5)
+        bad += not torch.equal(a, _triton.launch(row, *args))
+        for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            for fmt in fmts:
+                for r in swalp.Rounding:
+                    xd = x.to(dtype)
+                    a = _reference.quantize(xd, fmt, r, 99)
+                    b = _triton.launch(xd, *_kernels.pack(xd, fmt, r, 99))
+                    same = torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()])
+                    same = same and torch.equal(torch.signbit(a[a == 0]), torch.signbit(b[b == 0]))
+                    bad += not same
+        print(bad)
+        """
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-W", "ignore", "-c", script]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "0"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_triton_kernels_compile_for_a_gpu_without_ftz_or_fma():
+    """Compile for sm_90 (no GPU needed): catches typing errors the interpreter lets
+    through, and checks the PTX has no flush-to-zero or fused multiply-add."""
+    script = textwrap.dedent(
+        r"""
+        import itertools, re, triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from swalp import _triton_kernels as k
+        bad = []
+        for xdt, kind, stoch in itertools.product(("fp32", "bf16", "fp64"), (0, 1, 2, 3), (False, True)):
+            f64, bf16 = xdt == "fp64", xdt == "bf16"
+            sig = {"x_ptr": "*" + xdt, "y_ptr": "*i16" if bf16 else "*" + xdt, "m_ptr": "*i64" if f64 else "*i32",
+                   "key": "i64", "bound_ptr": "*fp64" if f64 else "*fp32"}
+            sig.update(dict.fromkeys(("n", "L", "inner", "G", "size"), "i64"))
+            sig.update(dict.fromkeys(("fl", "wl", "emin", "emax", "offset", "man", "femin"), "i32"))
+            consts = dict(KIND=kind, STOCH=stoch, BLOCKING=3 if kind in (1, 3) else 1, SAT=kind != 2,
+                          F64=f64, BF16=bf16, BLOCK=1024)
+            sig.update(dict.fromkeys(consts, "constexpr"))
+            src = ASTSource(fn=k.quantize_kernel, signature=sig, constexprs=consts)
+            opts = {"num_warps": 4, "enable_fp_fusion": False}
+            ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm["ptx"]
+            bad += [(xdt, kind, op) for op in re.findall(r"\b(?:fma|mad)\.rn\.f\d+|\.ftz\b", ptx)]
+        print(bad)
+        """
+    )
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=300)
+    if out.returncode != 0 and "ptxas" in out.stderr:  # pragma: no cover - a triton without its CUDA tools
+        pytest.skip("triton cannot compile for CUDA here")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA_TRITON, reason="needs CUDA and triton")
+def test_triton_is_the_default_on_cuda():  # pragma: no cover - needs a GPU
+    x = torch.randn(10, device="cuda")
+    assert _pick_backend(None, x, BlockFloat(8)).name == "triton"
