@@ -1,5 +1,10 @@
 """The "cpp" backend: C++ CPU kernels (swalp/csrc/*.cpp), compiled on first use.
 
+Three ops (declared in :mod:`swalp._kernels`): ``swalp::quantize`` (``fn``);
+``swalp::quantize_many_``, which rounds a list of tensors in place in one call (``many``,
+for the optimizer's dozens of small tensors); and ``swalp::quantize_ste``, the
+:class:`swalp.Quantizer`'s forward and backward as one C++ autograd node (``ste``).
+
 Nothing is compiled at ``import swalp``: the first CPU quantization builds the kernels
 with :func:`torch.utils.cpp_extension.load` (about a minute, once) into a per-user cache,
 ``$SWALP_CACHE_DIR`` or ``~/.cache/swalp`` (``$XDG_CACHE_HOME/swalp``), in a folder named
@@ -37,9 +42,10 @@ from pathlib import Path
 import torch
 
 from . import _kernels, _reference
+from .formats import Rounding
 from .quantize import Backend, register_backend
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("quantize.cpp", "output.cpp")]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("quantize.cpp", "output.cpp", "ste.cpp")]
 _BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 
 _lock = threading.Lock()
@@ -118,8 +124,26 @@ def quantize(x, fmt, rounding, seed):
     return _kernels.quantize(x, fmt, rounding, seed)
 
 
+def quantize_many_(xs, fmts, rounding, seeds) -> None:
+    """The backend's ``many``: one C++ call rounds every tensor in place."""
+    if not load():
+        for x, fmt, seed in zip(xs, fmts, seeds):
+            x.copy_(_reference.quantize(x, fmt, rounding, seed))
+        return
+    _kernels.quantize_many_(xs, fmts, rounding, seeds)
+
+
+def quantize_ste(x, fwd, bwd, rounding):
+    """The backend's ``ste``: the Quantizer's forward and backward in one C++ autograd node."""
+    if not load():
+        return None
+    kind, p, f = _kernels.pack(x, fwd, Rounding.NEAREST, None)[:3]  # the seeds are drawn in C++
+    bkind, bp, bf = _kernels.pack(x, bwd, Rounding.NEAREST, None)[:3]  # the gradient: x's dtype and shape
+    return torch.ops.swalp.quantize_ste.default(x, kind, p, f, bkind, bp, bf, int(rounding is Rounding.STOCHASTIC))
+
+
 def _supports(x, fmt) -> bool:
-    return x.device.type == "cpu" and _state != "failed"
+    return x.is_cpu and _state != "failed"  # is_cpu, not device.type: this runs per tensor per step
 
 
-register_backend(Backend("cpp", quantize, _supports, priority=10))
+register_backend(Backend("cpp", quantize, _supports, priority=10, many=quantize_many_, ste=quantize_ste))

@@ -48,6 +48,34 @@ def _fake(x, kind, p, f, rounding, k0, k1):
     return x.new_empty(x.shape)
 
 
+# In place, many tensors in one call: the optimizer rounds dozens of small tensors a step,
+# where one call each costs more than the rounding. The parameters of tensor t are
+# kind[t], p[11t:11t+11], f[3t:3t+3], k0[t], k1[t] (same meaning as above). CPU only.
+torch.library.define(
+    "swalp::quantize_many_",
+    "(Tensor(a!)[] xs, int[] kind, int[] p, float[] f, int rounding, int[] k0, int[] k1) -> ()",
+)
+
+
+@torch.library.register_fake("swalp::quantize_many_")
+def _fake_many(xs, kind, p, f, rounding, k0, k1):
+    return None
+
+
+# The Quantizer's rounding with its backward, in C++ (swalp/csrc/ste.cpp; CPU): forward
+# rounds x with (kind, p, f), backward rounds the gradient with (bkind, bp, bf); each draws
+# its seed from torch's generator when it runs, as swalp.quantize(seed=None) would.
+torch.library.define(
+    "swalp::quantize_ste",
+    "(Tensor x, int kind, int[] p, float[] f, int bkind, int[] bp, float[] bf, int rounding) -> Tensor",
+)
+
+
+@torch.library.register_fake("swalp::quantize_ste")
+def _fake_ste(x, kind, p, f, bkind, bp, bf, rounding):
+    return x.new_empty(x.shape)
+
+
 def _block(block, ndim: int) -> tuple[int, int, int]:
     """(block kind, axis in [0, ndim), tile size)."""
     if ndim == 0 or not isinstance(block, (PerAxis, PerGroup)):
@@ -62,18 +90,21 @@ def _element(fmt: FloatFormat, dtype: torch.dtype) -> dict:
 
 def pack(x: Tensor, fmt, rounding: Rounding, seed: int | None) -> tuple:
     """The op's arguments after ``x``: ``(kind, p, f, rounding, k0, k1)``."""
-    key = (fmt, _reference.compute_dtype(x.dtype), x.dim())
+    # Training reuses a handful of format objects dozens of times a step: remember their
+    # packing by identity (hashing a nested frozen dataclass costs more than the lookup).
+    key = (id(fmt), x.dtype, x.dim())
     packed = _PACKED.get(key)
-    if packed is None:  # formats are frozen dataclasses: training reuses a handful
+    if packed is None or packed[0] is not fmt:  # new, or another object that reused the id
         if len(_PACKED) > 1024:
             _PACKED.clear()
-        packed = _PACKED[key] = _pack_format(*key)
-    kind, p, f = packed
-    k0, k1 = _reference.seed_keys(seed) if rounding is Rounding.STOCHASTIC else (0, 0)
-    return kind, p, f, int(rounding is Rounding.STOCHASTIC), k0, k1
+        packed = _PACKED[key] = (fmt, *_pack_format(fmt, _reference.compute_dtype(x.dtype), x.dim()))
+    _, kind, p, f = packed
+    if rounding is Rounding.STOCHASTIC:
+        return kind, p, f, 1, *_reference.seed_keys(seed)
+    return kind, p, f, 0, 0, 0
 
 
-_PACKED: dict = {}
+_PACKED: dict = {}  # (id(fmt), dtype, ndim) -> (fmt, kind, p, f); holding fmt keeps its id unique
 
 
 def _pack_format(fmt, dtype: torch.dtype, ndim: int) -> tuple[int, list[int], list[float]]:
@@ -104,3 +135,12 @@ def _pack_format(fmt, dtype: torch.dtype, ndim: int) -> tuple[int, list[int], li
 def quantize(x: Tensor, fmt, rounding: Rounding, seed: int | None) -> Tensor:
     """Run the op (whichever device kernel ``x`` dispatches to)."""
     return torch.ops.swalp.quantize.default(x, *pack(x, fmt, rounding, seed))
+
+
+def quantize_many_(xs: list[Tensor], fmts: list, rounding: Rounding, seeds: list[int | None]) -> None:
+    """Run ``swalp::quantize_many_``: ``x.copy_(quantize(x, fmt, rounding, seed))`` for each."""
+    kinds, ps, fs, k0s, k1s = [], [], [], [], []
+    for x, fmt, seed in zip(xs, fmts, seeds):
+        kind, p, f, _, k0, k1 = pack(x, fmt, rounding, seed)
+        kinds.append(kind), ps.extend(p), fs.extend(f), k0s.append(k0), k1s.append(k1)
+    torch.ops.swalp.quantize_many_.default(xs, kinds, ps, fs, int(rounding is Rounding.STOCHASTIC), k0s, k1s)

@@ -43,7 +43,7 @@ from torch.optim import Optimizer
 
 from ._reference import splitmix64
 from .formats import Format
-from .quantize import check_seed, draw_seed, quantize
+from .quantize import check_seed, draw_seed, quantize_checked, quantize_many_
 from .recipes import Recipe, get_recipe, param_format
 
 SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "exp_inf", "step_size")
@@ -57,10 +57,29 @@ _M64 = 2**64 - 1
 
 def derive_seed(seed: int, *keys: int) -> int:
     """A 64-bit seed from a base seed and integer keys (SplitMix64 chained over the keys)."""
-    z = splitmix64(seed)
+    return _chain(splitmix64(seed), keys)
+
+
+def _chain(z: int, keys) -> int:
+    # derive_seed(seed, *a, *b) == _chain(derive_seed(seed, *a), b): a step reuses its prefix.
     for k in keys:
         z = splitmix64((z ^ (k & _M64)) & _M64)
     return z
+
+
+_PARAM_FORMATS: dict = {}  # (id(fmt), ndim) -> (fmt, its format for such tensors)
+
+
+def _param_format(fmt: Format, x: Tensor) -> Format:
+    """:func:`param_format`, remembered per (format, number of dimensions): it is called for
+    every parameter at every step, and builds a new format object where it changes one."""
+    key = (id(fmt), x.dim())  # by identity, as swalp._kernels.pack: the recipe's formats live on
+    hit = _PARAM_FORMATS.get(key)
+    if hit is None or hit[0] is not fmt:
+        if len(_PARAM_FORMATS) > 1024:
+            _PARAM_FORMATS.clear()
+        hit = _PARAM_FORMATS[key] = (fmt, param_format(fmt, x))
+    return hit[1]
 
 
 class LowPrecisionOptimizer(Optimizer):
@@ -112,6 +131,7 @@ class LowPrecisionOptimizer(Optimizer):
         self.seed = draw_seed() if seed is None else check_seed(seed)
         self.state_formats = dict(state_formats or {})
         self.steps = 0
+        self._prefix = (None, 0)  # ((seed, steps), derive_seed(seed, steps)), see _seed
         self.acc: dict[Tensor, Tensor] = {}  # only when the accumulator differs from the weights
         self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
         self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
@@ -155,6 +175,7 @@ class LowPrecisionOptimizer(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_prefix", (None, 0))  # pickled before _prefix existed
 
     def __repr__(self) -> str:
         return f"LowPrecisionOptimizer({self.optimizer!r},\n  recipe={self.recipe!r}, seed={self.seed})"
@@ -167,8 +188,16 @@ class LowPrecisionOptimizer(Optimizer):
     def _q(self, x: Tensor, fmt: Format | None, i: int, role: int, sub: int = 0) -> Tensor:
         if fmt is None:
             return x
-        seed = derive_seed(self.seed, self.steps, i, role, sub)
-        return quantize(x, param_format(fmt, x), self.recipe.rounding, seed)
+        # formats, rounding and seed come from the checked recipe: no need to check them again
+        seed = _chain(self._seed(), (i, role, sub))
+        return quantize_checked(x, _param_format(fmt, x), self.recipe.rounding, seed)
+
+    def _seed(self) -> int:
+        """``derive_seed(self.seed, self.steps)``, computed once a step: the seed of tensor
+        ``(i, role, sub)`` is ``_chain(self._seed(), (i, role, sub))``."""
+        if self._prefix[0] != (self.seed, self.steps):
+            self._prefix = ((self.seed, self.steps), derive_seed(self.seed, self.steps))
+        return self._prefix[1]
 
     def _store(self, i: int, p: Tensor, a: Tensor, role: int) -> None:
         """Round the new accumulator value ``a`` and write ``p = Q_W(Q_ACC(a))``."""
@@ -185,11 +214,23 @@ class LowPrecisionOptimizer(Optimizer):
     def _quantize_grads(self, call: int) -> None:
         if self.recipe.grad is None:
             return
+        jobs = []
         for i, p in enumerate(self._params()):
             if p.grad is not None:
                 if p.grad.is_sparse:
                     raise ValueError("sparse gradients are not supported by LowPrecisionOptimizer")
-                p.grad.copy_(self._q(p.grad, self.recipe.grad, i, _GRAD, call))
+                jobs.append((p.grad, self.recipe.grad, (i, _GRAD, call)))
+        self._q_many_(jobs)
+
+    def _q_many_(self, jobs: list[tuple]) -> None:
+        """In place, ``x.copy_(self._q(x, fmt, i, role, sub))`` for each ``(x, fmt, (i, role, sub))``
+        with a format, in one kernel call where the backend allows (the C++ one on CPU)."""
+        jobs = [job for job in jobs if job[1] is not None]
+        if jobs:
+            xs, fmts, keys = zip(*jobs)
+            z = self._seed()
+            fmts = [_param_format(fmt, x) for x, fmt in zip(xs, fmts)]
+            quantize_many_(list(xs), fmts, self.recipe.rounding, [_chain(z, k) for k in keys])
 
     def state_format(self, key: str) -> Format | None:
         """The format of optimizer state buffer ``key`` (module docstring)."""
@@ -213,7 +254,7 @@ class LowPrecisionOptimizer(Optimizer):
             return loss
 
         params = self._params()
-        for p in params:  # the wrapped step updates the accumulator, not Q_W(a)
+        for p in params if self.acc else ():  # the wrapped step updates the accumulator, not Q_W(a)
             if p in self.acc:
                 p.copy_(self.acc[p])
         if closure is None:
@@ -221,15 +262,24 @@ class LowPrecisionOptimizer(Optimizer):
             loss = self.optimizer.step()
         else:
             loss = self.optimizer.step(quantized_closure)
+        r = self.recipe
+        acc_is_p = r.weight is None or r.acc == r.weight  # as in _store
+        jobs = []  # rounded in place, together: each one depends only on its own tensor and seed
         for i, p in enumerate(params):
             if p.grad is None:
                 if p in self.acc:
-                    p.copy_(self._q(self.acc[p], self.recipe.weight, i, _WEIGHT))
+                    p.copy_(self._q(self.acc[p], r.weight, i, _WEIGHT))
                 continue
-            self._store(i, p, p.detach(), _ACC)
+            if acc_is_p:  # _store, with the accumulator in p
+                jobs.append((p, r.acc, (i, _ACC, 0)))
+                if self.acc:
+                    self.acc.pop(p, None)
+            else:
+                self._store(i, p, p.detach(), _ACC)
             for j, (key, s) in enumerate(sorted(self.optimizer.state[p].items())):
                 if isinstance(s, Tensor) and s.is_floating_point() and s.shape == p.shape and key not in SCALARS:
-                    s.copy_(self._q(s, self.state_format(key), i, _STATE, j))
+                    jobs.append((s, self.state_format(key), (i, _STATE, j)))
+        self._q_many_(jobs)
         for hook in list(self._optimizer_step_post_hooks.values()):
             hook(self, (), {})
         return loss

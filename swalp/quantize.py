@@ -6,6 +6,7 @@ register themselves with :func:`register_backend` and must agree with it bit for
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,12 +30,21 @@ class Backend:
         supports: ``supports(x, fmt) -> bool``; the automatic choice skips a backend
             that returns False.
         priority: higher is tried first by the automatic choice.
+        many: optional ``many(xs, fmts, rounding, seeds) -> None``, rounding each tensor
+            of the list in place, as ``x.copy_(fn(x, fmt, rounding, seed))`` would, in
+            fewer calls (see :func:`quantize_many_`).
+        ste: optional ``ste(x, fwd, bwd, rounding) -> Tensor or None``: what
+            :class:`swalp.Quantizer` computes (``fwd`` rounding forward, ``bwd`` rounding the
+            gradient, seeds drawn as ``quantize(seed=None)`` draws them) with a faster
+            autograd node; None where it cannot run, and the Quantizer does it in Python.
     """
 
     name: str
     fn: Callable
     supports: Callable[[Tensor, Format], bool]
     priority: int = 0
+    many: Callable | None = None
+    ste: Callable | None = None
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -69,9 +79,22 @@ def _pick_backend(name: str | None, x: Tensor, fmt: Format) -> Backend:
     return backend
 
 
+_local = threading.local()
+
+
 def draw_seed() -> int:
-    """A seed from torch's global generator, so ``torch.manual_seed`` repeats a run."""
-    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    """A seed from torch's global generator, so ``torch.manual_seed`` repeats a run.
+
+    The value of ``int(torch.randint(0, 2**62, ()))``, drawn into a reused (per-thread)
+    tensor: allocating a one-element tensor and reading it back with ``.item()`` cost
+    several times the draw itself in a training step.
+    """
+    buf = getattr(_local, "seed", None)
+    if buf is None:
+        t = torch.empty((), dtype=torch.int64)
+        buf = _local.seed = (t, t.numpy())  # the numpy view reads the value without a torch op
+    buf[0].random_(0, 2**62)
+    return int(buf[1])
 
 
 def check_seed(seed) -> int:
@@ -126,10 +149,43 @@ def quantize(
     rounding = Rounding.parse(rounding)
     if seed is not None:
         seed = check_seed(seed)
-    elif rounding is Rounding.STOCHASTIC:
-        seed = draw_seed()
     block = getattr(fmt, "block", None)
     if block is not None and hasattr(block, "axis") and x.dim() > 0:
         _reference._axis(block.axis, x.dim())
+    return quantize_checked(x, fmt, rounding, seed, backend)
+
+
+def quantize_checked(x: Tensor, fmt: Format, rounding: Rounding, seed: int | None, backend: str | None = None) -> Tensor:
+    """:func:`quantize` without the argument checks, for callers that already made them.
+
+    The training hot path (Quantizer, LowPrecisionOptimizer) calls it dozens of times a
+    step with a format object, a :class:`Rounding`, a valid seed (or None: drawn here, as
+    :func:`quantize` does) and a tensor of the right kind, all fixed when the model and the
+    optimizer were set up. Same results as :func:`quantize`, bit for bit.
+    """
+    if seed is None and rounding is Rounding.STOCHASTIC:
+        seed = draw_seed()
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return _pick_backend(backend, x, fmt).fn(x, fmt, rounding, seed).contiguous()
+    return _pick_backend(backend, x, fmt).fn(x, fmt, rounding, seed).contiguous()
+
+
+def quantize_many_(xs: list[Tensor], fmts: list[Format], rounding: Rounding, seeds: list[int | None]) -> None:
+    """In place, ``x.copy_(quantize_checked(x, fmt, rounding, seed))`` for each triple.
+
+    For many small tensors (the optimizer's gradients, weights and state): when the
+    automatic backend of every tensor is the same one and it has a ``many`` function,
+    that is one call for the whole list. Same results, bit for bit.
+    """
+    if not xs:
+        return
+    backend = _pick_backend(None, xs[0], fmts[0])
+    if backend.many is None or any(_pick_backend(None, x, f) is not backend for x, f in zip(xs, fmts)):
+        for x, fmt, seed in zip(xs, fmts, seeds):
+            x.copy_(quantize_checked(x, fmt, rounding, seed))
+        return
+    if rounding is Rounding.STOCHASTIC and None in seeds:
+        seeds = [draw_seed() if s is None else s for s in seeds]
     with torch.no_grad():
-        return _pick_backend(backend, x, fmt).fn(x, fmt, rounding, seed).contiguous()
+        backend.many(xs, fmts, rounding, seeds)

@@ -6,19 +6,21 @@ import torch
 from torch import Tensor, nn
 
 from .formats import Format, Rounding, get_format
-from .quantize import quantize
+from .quantize import FLOAT_DTYPES, _pick_backend, quantize_checked
 
 
+# The formats and rounding were checked when the Quantizer was built, so both directions
+# take quantize_checked: this runs twice per Quantizer per training step.
 class _QuantizeFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fwd, bwd, rounding, backend):
         ctx.bwd, ctx.rounding, ctx.backend = bwd, rounding, backend
-        return x if fwd is None else quantize(x, fwd, rounding, backend=backend)
+        return x if fwd is None else quantize_checked(x, fwd, rounding, None, backend)
 
     @staticmethod
     def backward(ctx, grad):
         if ctx.bwd is not None:
-            grad = quantize(grad, ctx.bwd, ctx.rounding, backend=ctx.backend)
+            grad = quantize_checked(grad, ctx.bwd, ctx.rounding, None, ctx.backend)
         return grad, None, None, None, None
 
 
@@ -54,16 +56,52 @@ class Quantizer(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        self.forward_format = None if forward is None else get_format(forward)
-        self.backward_format = None if backward is None else get_format(backward)
-        self.rounding = Rounding.parse(rounding)
+        self.forward_format = forward
+        self.backward_format = backward
+        self.rounding = rounding
         self.backend = backend
         self.enabled = True
 
+    # Checked when set (here or by swalp.convert.configure_quantizers), not at every call.
+    @property
+    def forward_format(self) -> Format | None:
+        return self._forward_format
+
+    @forward_format.setter
+    def forward_format(self, fmt: Format | str | None) -> None:
+        self._forward_format = None if fmt is None else get_format(fmt)
+
+    @property
+    def backward_format(self) -> Format | None:
+        return self._backward_format
+
+    @backward_format.setter
+    def backward_format(self, fmt: Format | str | None) -> None:
+        self._backward_format = None if fmt is None else get_format(fmt)
+
+    @property
+    def rounding(self) -> Rounding:
+        return self._rounding
+
+    @rounding.setter
+    def rounding(self, rounding: Rounding | str) -> None:
+        self._rounding = Rounding.parse(rounding)
+
     def forward(self, x: Tensor) -> Tensor:
-        if not self.enabled or (self.forward_format is None and self.backward_format is None):
+        fwd, bwd = self._forward_format, self._backward_format
+        if not self.enabled or (fwd is None and bwd is None):
             return x
-        return _QuantizeFn.apply(x, self.forward_format, self.backward_format, self.rounding, self.backend)
+        if x.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"cannot quantize a {x.dtype} tensor; accepted dtypes: float16, bfloat16, float32, float64")
+        if fwd is not None and bwd is not None and not torch.compiler.is_compiling():
+            # the backend's own autograd node, if it has one (C++ on CPU); torch.compile
+            # traces the Python one, whose seeds it can see being drawn
+            backend = _pick_backend(self.backend, x, fwd)
+            if backend.ste is not None and backend.supports(x, bwd):
+                y = backend.ste(x, fwd, bwd, self._rounding)
+                if y is not None:
+                    return y
+        return _QuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend)
 
     def extra_repr(self) -> str:
         return f"forward={self.forward_format}, backward={self.backward_format}, rounding={self.rounding.value}"

@@ -215,6 +215,67 @@ def test_custom_op_registration_and_torch_compile():
     assert_bitwise(compiled(x), f(x))
 
 
+def test_quantize_many_op_matches_the_reference_and_registration():
+    assert _cpp.load()
+    fmts = [BlockFloat(8, block=PerAxis(0)), get_format("mxint8"), FixedPoint(8, 6), E4M3]
+    xs = [sample((9, 40), seed=1), sample((3, 64), seed=2), sample((100,), seed=3), sample((4, 4), seed=4).double()]
+    seeds = [5, 6, 7, 2**64 - 1]
+    expected = [swalp.quantize(x, f, "stochastic", s, backend="reference") for x, f, s in zip(xs, fmts, seeds)]
+    got = [x.clone() for x in xs]
+    _kernels.quantize_many_(got, fmts, swalp.Rounding.STOCHASTIC, seeds)
+    for a, b in zip(got, expected):
+        assert_bitwise(a, b)
+    packed = [_kernels.pack(x, f, swalp.Rounding.STOCHASTIC, s) for x, f, s in zip(xs, fmts, seeds)]
+    args = ([x.clone() for x in xs], [a[0] for a in packed], [v for a in packed for v in a[1]],
+            [v for a in packed for v in a[2]], 1, [a[4] for a in packed], [a[5] for a in packed])  # fmt: skip
+    torch.library.opcheck(torch.ops.swalp.quantize_many_.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_quantizer_cpp_autograd_node_matches_the_python_reference(dtype):
+    # the C++ node draws its seeds itself: same values and order as the Python Function,
+    # with a Dropout between the Quantizers drawing from the same generator
+    def run(backend):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(8, 16),
+            swalp.Quantizer(BlockFloat(8), BlockFloat(8, block=PerAxis(0)), backend=backend),
+            torch.nn.Dropout(0.3),
+            torch.nn.Linear(16, 16),
+            swalp.Quantizer(FixedPoint(8, 4), BlockFloat(6), backend=backend),
+            torch.nn.Linear(16, 3),
+        ).to(dtype)
+        x = torch.randn(5, 8, dtype=dtype, requires_grad=True)
+        outs = []
+        for _ in range(2):
+            y = net(x)
+            y.square().sum().backward()
+            outs += [y.detach().clone(), x.grad.clone()] + [p.grad.clone() for p in net.parameters()]
+            net.zero_grad()
+            x.grad = None
+        return outs + [torch.rand(3)]  # and the generator is left in the same state
+
+    assert _cpp.load()
+    for a, b in zip(run(None), run("reference")):
+        assert_bitwise(a, b)
+
+
+def test_quantizer_cpp_autograd_node_registration_and_modes():
+    assert _cpp.load()
+    q = swalp.Quantizer(BlockFloat(8), FixedPoint(8, 4))
+    x = sample((6, 40), seed=8, specials=False)
+    assert type(q(x.requires_grad_()).grad_fn).__name__ == "CppFunction"
+    for mode in (torch.no_grad, torch.inference_mode):
+        torch.manual_seed(3)
+        with mode():
+            y = q(x)
+        torch.manual_seed(3)
+        assert_bitwise(y, swalp.quantize(x.detach(), BlockFloat(8), backend="reference"))
+    packed = [_kernels.pack(x, f, swalp.Rounding.NEAREST, None)[:3] for f in (BlockFloat(8), FixedPoint(8, 4))]
+    torch.library.opcheck(torch.ops.swalp.quantize_ste.default, (x.detach(), *packed[0], *packed[1], 1),
+                          test_utils=("test_schema", "test_faketensor"))  # fmt: skip
+
+
 def test_no_compiler_falls_back_to_the_reference_with_one_warning(tmp_path):
     script = textwrap.dedent(
         """

@@ -642,6 +642,34 @@ def test_seed_none_is_repeatable_after_manual_seed():
     assert not torch.equal(a, b)  # each call draws a fresh seed
 
 
+def test_drawn_seeds_are_torch_randint_values():
+    from swalp.quantize import draw_seed
+
+    # the documented definition, although draw_seed reuses a buffer instead of calling randint
+    torch.manual_seed(5)
+    drawn = [draw_seed() for _ in range(4)]
+    torch.manual_seed(5)
+    assert drawn == [int(torch.randint(0, 2**62, (), dtype=torch.int64)) for _ in range(4)]
+    assert all(type(s) is int for s in drawn)
+
+
+@pytest.mark.parametrize("rounding", list(swalp.Rounding))
+def test_quantize_many_in_place_equals_quantize_one_by_one(rounding):
+    from swalp.quantize import quantize_many_
+
+    fmts = [BlockFloat(8, block=PerAxis(0)), BlockFloat(8), FixedPoint(8, 6), FP8_E4M3, BlockFloat(8)]
+    xs = [sample((6, 5)), sample((1, 7))[0], sample((4, 3)).t(), sample((2, 3)).half(), torch.zeros(0, 3)]
+    seeds = [11, 2**64 - 1, 3, 4, 5]
+    expected = [swalp.quantize(x, f, rounding, s) for x, f, s in zip(xs, fmts, seeds)]
+    got = [x.clone() for x in xs]
+    got[2] = xs[2].t().clone().t()  # stays non-contiguous: rounded into place all the same
+    quantize_many_(got, fmts, rounding, seeds)
+    assert not got[2].is_contiguous()
+    for a, b in zip(got, expected):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert not torch.equal(got[1], xs[1])  # it did round (the inputs are not on the grid)
+
+
 @pytest.mark.parametrize("seed", [-1, 2**64, 1.5, "7", True, [1]])
 @pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
 def test_bad_seed_is_a_value_error(seed, rounding):

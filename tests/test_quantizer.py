@@ -119,3 +119,19 @@ def test_bad_arguments_are_value_errors():
         Quantizer("fp9")
     with pytest.raises(ValueError, match="unknown format preset 'int4'"):
         Quantizer(None, "int4")
+
+
+def test_formats_and_rounding_set_later_are_checked_then():
+    q = Quantizer(FP8_E4M3)
+    q.forward_format, q.backward_format, q.rounding = "e5m2", "mxint8", "nearest"
+    assert (q.forward_format, q.backward_format, q.rounding) == (FP8_E5M2, swalp.MXINT8, swalp.Rounding.NEAREST)
+    with pytest.raises(ValueError, match="unknown rounding 'up'"):
+        q.rounding = "up"
+    with pytest.raises(ValueError, match="unknown format preset 'fp9'"):
+        q.backward_format = "fp9"
+    assert q.rounding is swalp.Rounding.NEAREST and q.backward_format == swalp.MXINT8  # unchanged
+
+
+def test_non_float_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot quantize a torch.int64 tensor; accepted dtypes: float16"):
+        Quantizer(FP8_E4M3)(torch.arange(3))

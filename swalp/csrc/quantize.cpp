@@ -381,6 +381,27 @@ at::Tensor quantize_cpu(const at::Tensor& x, int64_t kind, at::IntArrayRef p, at
   return y;
 }
 
+// In place, for many small tensors in one call (the optimizer's gradients, weights and
+// state: dozens of tensors of a few thousand elements, where a call per tensor costs more
+// than its kernel): xs[t] = quantize(xs[t], kind[t], p[11t, 11t + 11), f[3t, 3t + 3),
+// rounding, k0[t], k1[t]).
+void quantize_many_cpu(at::TensorList xs, at::IntArrayRef kind, at::IntArrayRef p, at::ArrayRef<double> f,
+                       int64_t rounding, at::IntArrayRef k0, at::IntArrayRef k1) {
+  const size_t n = xs.size();
+  TORCH_CHECK(kind.size() == n && p.size() == 11 * n && f.size() == 3 * n && k0.size() == n && k1.size() == n,
+              "swalp::quantize_many_: bad parameter lists");
+  for (size_t t = 0; t < n; ++t) {
+    const at::Tensor& x = xs[t];
+    if (x.numel() == 0) continue;
+    const at::Tensor y = quantize_cpu(x, kind[t], p.slice(11 * t, 11), f.slice(3 * t, 3), rounding, k0[t], k1[t]);
+    if (x.is_contiguous() && x.numel() <= GRAIN) std::memcpy(x.data_ptr(), y.const_data_ptr(), x.nbytes());
+    else x.copy_(y);  // strided, or large enough for copy_'s threads
+  }
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(swalp, CPU, m) { m.impl("quantize", &quantize_cpu); }
+TORCH_LIBRARY_IMPL(swalp, CPU, m) {
+  m.impl("quantize", &quantize_cpu);
+  m.impl("quantize_many_", &quantize_many_cpu);
+}
