@@ -22,6 +22,10 @@ Example:
     >>> sorted(s["swalp"])
     ['epoch', 'n_averaged', 'test_error']
 
+Started by torchrun (``torchrun --nproc_per_node N -m swalp train``), the same script trains
+data-parallel: each rank takes ``batch_size / N`` examples of every batch, rank 0 writes the
+files; see :mod:`swalp.distributed` for what is identical across ranks and what differs.
+
 Caveat: bit-identical resumption holds on one machine and torch version; evaluation uses its
 own fixed seed, so evaluating more or less often never changes the training trajectory.
 """
@@ -42,9 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .accel import place_dataset, prepare_batch, prepare_model
 from .averaging import WeightAverage, update_bn
-from .checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
+from .checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, write_json
 from .convert import quantize_model, set_quantizers
 from .data import DATASETS, load_data
 from .data.batches import batches, epoch_order, limit
@@ -132,6 +137,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _check(0 <= c.momentum < 1, f"--momentum must be in [0, 1), got {c.momentum!r}")
     _check(0 < c.lr_ratio <= 1, f"lr_ratio must be in (0, 1], got {c.lr_ratio!r}")
     _check(isinstance(c.batch_size, int) and c.batch_size >= 1, f"--batch-size must be an integer >= 1, got {c.batch_size!r}")
+    distributed.check_batch_size(c.batch_size)  # a multiple of the number of processes (under torchrun)
     _check(c.schedule in ("swalp", "cosine", "constant"), f"unknown schedule {c.schedule!r}; accepted: 'swalp', 'cosine', 'constant'")
     _check(c.avg_unit in ("epoch", "step"), f"unknown --avg-unit {c.avg_unit!r}; accepted: 'epoch', 'step'")
     _check(isinstance(c.avg_every, int) and c.avg_every >= 1, f"--avg-every must be an integer >= 1, got {c.avg_every!r}")
@@ -238,9 +244,12 @@ def train(config: TrainConfig = TrainConfig(), *, resume: str | None = None, pro
         log: ``log(line)`` receives a line per epoch; None for silence.
         stop_after: stop (as if killed) after saving this epoch; for tests and time limits.
 
+    Under torchrun every rank calls it with the same arguments (:mod:`swalp.distributed`);
+    only rank 0 writes files, logs and shows progress.
+
     Returns:
-        the summary (also written to ``summary.json``); a run stopped by ``stop_after`` returns
-        ``{"stopped_after": epoch}``.
+        the summary (also written to ``summary.json``; every rank returns it); a run stopped
+        by ``stop_after`` returns ``{"stopped_after": epoch}``.
 
     Raises:
         ValueError: bad settings, a corrupt or foreign checkpoint (before any training).
@@ -257,33 +266,41 @@ def train(config: TrainConfig = TrainConfig(), *, resume: str | None = None, pro
             raise ValueError(f"checkpoint in {resume} has an incompatible configuration ({err})") from None
         config = dataclasses.replace(saved, device=config.device, out=str(resume))
     cfg = resolve(config)
-    device = pick_device(cfg.device)
+    device = distributed.init(pick_device(cfg.device))  # under torchrun: join the group; this rank's GPU
+    main = distributed.is_main()  # the one process that writes files and prints
+    if not main:
+        log, progress = (lambda line: None), False
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     recipe = get_recipe(cfg.recipe, cfg.bits)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if state is None:  # a fresh run replaces an earlier one here, so --resume can never mix the two
-        stale = [out / f for f in RUN_FILES if (out / f).exists()]
-        for f in stale:
-            f.unlink()
-        if stale:
-            log(f"replacing the earlier run in {out}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if state is None:  # a fresh run replaces an earlier one here, so --resume can never mix the two
+            stale = [out / f for f in RUN_FILES if (out / f).exists()]
+            for f in stale:
+                f.unlink()
+            if stale:
+                log(f"replacing the earlier run in {out}")
 
     data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, seed=cfg.seed)
     train_set = place_dataset(limit(data.train, cfg.limit_train), device, cfg.data_on_device)
     test_set = place_dataset(limit(data.test, cfg.limit_test), device, cfg.data_on_device)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    distributed.check_batch_size(cfg.batch_size, len(train_set))  # every process gets a part of every batch
 
     torch.manual_seed(cfg.seed)  # the initial weights and every stochastic rounding follow from it
     model = build_model(cfg.model, data.num_classes, data.input_shape)
     quantize_model(model, recipe, placement=cfg.placement)  # also configures quantizers a model placed itself
-    net = prepare_model(model, device, cfg.channels_last, cfg.compile)  # `model` itself unless compiled
+    prepare_model(model, device, cfg.channels_last)
+    net = distributed.wrap(model, device)  # DistributedDataParallel under torchrun, else `model` itself
+    net = torch.compile(net) if cfg.compile else net  # train through `net`, save `model`
     base = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     optimizer = LowPrecisionOptimizer(base, recipe, seed=cfg.seed)
     scheduler = SWALPLR(base, budget=cfg.budget, swa_lr=cfg.swa_lr, ratio=cfg.lr_ratio,
                         steps_per_epoch=steps_per_epoch, kind=cfg.schedule)
     average = WeightAverage(model, fmt=cfg.avg_format, device=device, seed=cfg.seed)
+    distributed.seed_rank(cfg.seed)  # the weights are built: from here on each rank rounds activations its own way
     metrics, start_epoch, step = [], 0, 0
 
     if state is not None:
@@ -295,10 +312,11 @@ def train(config: TrainConfig = TrainConfig(), *, resume: str | None = None, pro
         except (KeyError, RuntimeError, ValueError) as err:
             raise ValueError(f"checkpoint in {resume} does not match this model/recipe ({err})") from None
         metrics, start_epoch, step = state["metrics"], state["epoch"], state["step"]
-        set_rng_state(state["rng"])
+        distributed.restore_rng(state, cfg.seed)  # on one process: set_rng_state(state["rng"])
         log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
-    write_json(out / "config.json", dataclasses.asdict(cfg))
-    _write_metrics(out, metrics)
+    if main:
+        write_json(out / "config.json", dataclasses.asdict(cfg))
+        _write_metrics(out, metrics)
 
     avg_start = cfg.budget * (1 if cfg.avg_unit == "epoch" else steps_per_epoch)
     started = time.time()
@@ -309,14 +327,15 @@ def train(config: TrainConfig = TrainConfig(), *, resume: str | None = None, pro
         model.train()
         first_step = step + 1
         losses, wrongs, sizes = [], [], []  # per step, left on the device: no host sync per step
-        for x, y in batches(train_set, epoch_order(len(train_set), cfg.seed, epoch), cfg.batch_size, device, cfg.num_workers):
+        order = epoch_order(len(train_set), cfg.seed, epoch)
+        for x, y, weight in distributed.batches(train_set, order, cfg.batch_size, device, cfg.num_workers):
             if data.train_transform is not None:
                 x = data.train_transform(x)
             lr = base.param_groups[0]["lr"]  # the epoch's line reports its last step's rate
             logits = net(prepare_batch(x, cfg.channels_last))
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if weight == 1 else loss * weight).backward()  # weight: this rank's share of the batch
             optimizer.step()
             scheduler.step()
             step += 1
@@ -329,7 +348,9 @@ def train(config: TrainConfig = TrainConfig(), *, resume: str | None = None, pro
             if step % SYNC_EVERY == 0:
                 check_finite(losses, first_step, epoch, metrics, out, bar)
                 bar.set_postfix(epoch=epoch, loss=f"{losses[-1].item():.3f}", refresh=False)
+        losses, wrongs, sizes = distributed.sum_steps(losses, wrongs, sizes)  # over the whole batches
         check_finite(losses, first_step, epoch, metrics, out, bar)
+        distributed.sync_buffers(model)  # rank 0's batch-norm statistics everywhere, for averaging and evaluation
         if cfg.avg_unit == "epoch" and epoch >= avg_start and (epoch - avg_start) % cfg.avg_every == 0:
             average.update(model)
 
@@ -344,15 +365,17 @@ def train(config: TrainConfig = TrainConfig(), *, resume: str | None = None, pro
                                                  channels_last=cfg.channels_last),
                        n_averaged=int(average.n_averaged))
         metrics.append(row)
-        if epoch == cfg.budget:
-            atomic_write_bytes(out / "sgd_budget.pt", partial(torch.save, model.state_dict()))
-        # The checkpoint first, then the metrics: a crash in between is repaired on resume,
-        # which rewrites metrics.jsonl from the checkpoint.
-        save_checkpoint(out / "checkpoint.pt", dict(
-            config=dataclasses.asdict(cfg), epoch=epoch, step=step, metrics=metrics, rng=rng_state(),
-            model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            average=average.state_dict()))
-        _write_metrics(out, metrics)
+        rng_ranks = distributed.rng_states()  # every rank's generators ({} on one process)
+        if main:
+            if epoch == cfg.budget:
+                atomic_write_bytes(out / "sgd_budget.pt", partial(torch.save, model.state_dict()))
+            # The checkpoint first, then the metrics: a crash in between is repaired on resume,
+            # which rewrites metrics.jsonl from the checkpoint.
+            save_checkpoint(out / "checkpoint.pt", dict(
+                config=dataclasses.asdict(cfg), epoch=epoch, step=step, metrics=metrics, rng=rng_state(), **rng_ranks,
+                model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                average=average.state_dict()))
+            _write_metrics(out, metrics)
         line = (f"epoch {epoch:>3}/{cfg.epochs}  lr {lr:.4g}  loss {row['train_loss']:.4f}  "
                 f"train err {row['train_error']:5.2f}%  test err {row['test_error']:5.2f}%")
         if "avg_test_error" in row:
@@ -360,16 +383,20 @@ def train(config: TrainConfig = TrainConfig(), *, resume: str | None = None, pro
         bar.write(line) if progress else log(line)
         if stop_after is not None and epoch >= stop_after and epoch < cfg.epochs:
             bar.close()
+            distributed.barrier()  # the checkpoint is written when any rank returns
             return {"stopped_after": epoch}
     bar.close()
 
     avg_model = averaged_model(average, data, train_set, cfg, device)
-    atomic_write_bytes(out / "average.pt", partial(torch.save, avg_model.state_dict()))
+    if main:
+        atomic_write_bytes(out / "average.pt", partial(torch.save, avg_model.state_dict()))
     summary = make_summary(cfg, recipe, metrics, average)
     summary["wall_s"] = round(time.time() - started, 2)
-    write_json(out / "summary.json", summary)
+    if main:
+        write_json(out / "summary.json", summary)
     log(f"SGD iterate at the budget (epoch {cfg.budget}): {summary['sgd']['test_error']:.2f}%  "
         f"average at the end (epoch {cfg.epochs}): {summary['average']['test_error']:.2f}%  -> {out}")
+    distributed.barrier()
     return summary
 
 

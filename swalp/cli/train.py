@@ -3,6 +3,9 @@
 
 Every flag left out takes the model's default for the data set (``swalp.models``), shown in
 ``config.json`` of the run; see :class:`swalp.train.TrainConfig` for all of them.
+
+Data-parallel on N processes: ``torchrun --nproc_per_node N -m swalp train ...`` (each takes
+batch_size / N examples of every batch; rank 0 writes and prints; see ``swalp.distributed``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import dataclasses
 import sys
 
+from .. import distributed
 from ..train import Diverged, TrainConfig, resolve, train
 
 _D = TrainConfig()
@@ -89,4 +93,6 @@ def run(args) -> int:
     except Diverged as err:
         print(f"swalp train: {err}", file=sys.stderr)
         return 1
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group train() joined
     return 0

@@ -1,4 +1,5 @@
-"""Batches for the training loop: subsets, the per-epoch shuffle, and fast in-memory slicing."""
+"""Batches for the training loop: subsets, the per-epoch shuffle, each process's share of it,
+and fast in-memory slicing."""
 
 from __future__ import annotations
 
@@ -37,3 +38,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffled order of epoch ``epoch``: a function of (seed, epoch) alone, so a resumed
     run needs no saved data-order generator."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def shard(order: torch.Tensor, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+    """Process ``rank``'s part of ``order``: a contiguous slice of each batch of ``batch_size``
+    consecutive indices, ``batch_size / world_size`` of them. The last, shorter batch is split as
+    evenly as possible, lower ranks taking one more. Cut into pieces of ``batch_size // world_size``,
+    the result gives this rank's part of each batch in turn; the ranks' parts of a batch are
+    disjoint and together make the batch, so the global batches are a single process's.
+
+    Example:
+        >>> shard(torch.arange(10), 4, 1, 2)  # batches [0 1 2 3] [4 5 6 7] [8 9]
+        tensor([2, 3, 6, 7, 9])
+    """
+    if not 0 <= rank < world_size or batch_size % world_size:
+        raise ValueError(f"need 0 <= rank < world_size and batch_size divisible by world_size, "
+                         f"got rank {rank}, world_size {world_size}, batch_size {batch_size}")
+    parts = [b.tensor_split(world_size)[rank] for b in order.split(batch_size)]
+    return torch.cat(parts) if parts else order

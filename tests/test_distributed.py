@@ -1,0 +1,237 @@
+"""swalp.distributed: two CPU processes (gloo on 127.0.0.1) train data-parallel with SWALP intact.
+
+One spawn of two ranks (module fixture) runs every multi-process training these tests check;
+each rank saves what it holds at the end of each run, and the tests compare ranks, runs and a
+single-process run. A last test starts the real command line through torchrun.
+"""
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import swalp.checkpoint
+import swalp.models
+import swalp.train
+from swalp import distributed
+from swalp.checkpoint import load_checkpoint
+from swalp.cli import main
+from swalp.data.batches import shard
+from swalp.train import TrainConfig, resolve, train
+
+# digits, 149 training images, batch 32: steps of 32, 32, 32, 32 and 21 (split 11 + 10 on two ranks)
+TINY = dict(data="digits", model="cnn", epochs=3, budget=2, limit_train=149, limit_test=100, batch_size=32, threads=1)
+# fp32: two steps an epoch, of 32 and 5 images (3 + 2 on two ranks), to compare with one process
+FP32 = dict(TINY, recipe="fp32", epochs=2, budget=1, limit_train=37)
+LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- the two ranks
+
+
+def _worker(rank: int, world: int, port: int, root: str) -> None:
+    """One rank: every training run of this file; saves what this rank holds to rank{r}.pt."""
+    os.environ.update(LOOPBACK, MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    made = {}
+
+    def build_model(*args):  # remembers the model: the rank's final state
+        made["model"] = real_build(*args)
+        return made["model"]
+
+    def bn_net(num_classes, input_shape):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32),
+                                   torch.nn.ReLU(), torch.nn.Linear(32, num_classes))
+
+    class Optimizer(swalp.train.LowPrecisionOptimizer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made["optimizer"] = self
+
+    class Average(swalp.train.WeightAverage):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made["average"] = self
+
+    writes = []
+    real_write = swalp.checkpoint.atomic_write_bytes
+
+    def write(path, fn):
+        writes.append(str(path))
+        real_write(path, fn)
+
+    real_build = swalp.train.build_model
+    swalp.train.build_model, swalp.train.LowPrecisionOptimizer, swalp.train.WeightAverage = build_model, Optimizer, Average
+    swalp.models.MODELS["bn-net"] = swalp.models.ModelSpec(bn_net, swalp.models.model_defaults("cnn", "digits"))
+    swalp.train.atomic_write_bytes = swalp.checkpoint.atomic_write_bytes = write  # every file of a run
+
+    def held():
+        return {k: copy.deepcopy(made[k].state_dict()) for k in ("model", "optimizer", "average")}
+
+    quiet = dict(progress=False, log=None)
+    result = {}
+    result["summary"] = train(TrainConfig(**TINY, out=f"{root}/full"), **quiet)
+    result["full"] = held()
+    result["stopped"] = train(TrainConfig(**TINY, out=f"{root}/part"), stop_after=1, **quiet)
+    train(TrainConfig(), resume=f"{root}/part", **quiet)
+    result["resumed"] = held()
+    train(TrainConfig(**FP32, out=f"{root}/fp32"), **quiet)
+    bn = TrainConfig(**{**TINY, "model": "bn-net", "epochs": 2, "budget": 1}, out=f"{root}/bn")
+    result["bn_summary"] = train(bn, **quiet)
+    result["bn"] = held()
+    result["writes"] = writes
+    torch.save(result, f"{root}/rank{rank}.pt")
+    distributed.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("two_ranks")
+    mp.spawn(_worker, args=(2, free_port(), str(root)), nprocs=2, join=True)
+    return root, [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def assert_equal(a, b, where=""):
+    """Bit-identical nested dicts/lists of tensors and plain values."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def drop_wall(summary):
+    return {k: v for k, v in summary.items() if k != "wall_s"}
+
+
+def test_ranks_hold_bit_identical_low_precision_state(ranks):
+    """Same weights, accumulator, momentum, step count and average on both ranks, although
+    each rank rounded its own activations and errors (its own torch generator)."""
+    root, (r0, r1) = ranks
+    assert r0["full"]["optimizer"]["swalp"]["steps"] == 3 * 5
+    assert r0["full"]["optimizer"]["state"]  # momentum buffers exist and are compared
+    assert_equal(r0["full"], r1["full"], "full")
+    ckpt = load_checkpoint(root / "full" / "checkpoint.pt")
+    assert_equal(ckpt["model"], r0["full"]["model"], "checkpoint")
+    assert len(ckpt["rng_ranks"]) == 2
+    assert torch.equal(ckpt["rng"]["torch"], ckpt["rng_ranks"][0]["torch"])
+    assert not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])
+
+
+def test_batch_norm_statistics_are_rank_0s_everywhere(ranks):
+    """Each rank normalises with its own batch statistics, but the running ones are rank 0's
+    (broadcast by DDP and after each epoch): same state, same evaluations on both ranks."""
+    _, (r0, r1) = ranks
+    assert r0["bn"]["model"]["2.num_batches_tracked"] == 2 * 5
+    assert_equal(r0["bn"], r1["bn"], "bn")
+    assert drop_wall(r0["bn_summary"]) == drop_wall(r1["bn_summary"])
+
+
+def test_only_rank_0_writes_and_every_rank_returns_the_summary(ranks):
+    root, (r0, r1) = ranks
+    assert r1["writes"] == []
+    names = {os.path.basename(p) for p in r0["writes"] if "/full/" in p}
+    assert names == {"config.json", "metrics.jsonl", "checkpoint.pt", "sgd_budget.pt", "average.pt", "summary.json"}
+    assert drop_wall(r0["summary"]) == drop_wall(r1["summary"])
+    assert drop_wall(json.loads((root / "full" / "summary.json").read_text())) == drop_wall(r0["summary"])
+    metrics = [json.loads(line) for line in (root / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3] and metrics[-1]["n_averaged"] == 2
+    for m in metrics:  # errors counted over all 149 images, both ranks' parts
+        wrong = m["train_error"] * 149 / 100
+        assert abs(wrong - round(wrong)) < 1e-9
+
+
+def test_resume_is_bit_identical_on_every_rank(ranks):
+    root, (r0, r1) = ranks
+    assert r0["stopped"] == r1["stopped"] == {"stopped_after": 1}
+    for r in (r0, r1):
+        assert_equal(r["resumed"], r0["full"], "resumed")
+    assert (root / "part" / "metrics.jsonl").read_text() == (root / "full" / "metrics.jsonl").read_text()
+
+
+def test_global_batch_matches_one_process(ranks, tmp_path):
+    """fp32, no dropout: two ranks with 16 (and 3 + 2) images each take the steps of one process
+    with 32 (and 5), up to float rounding; the uneven last batch is weighted by its parts' sizes."""
+    root, _ = ranks
+    train(TrainConfig(**FP32, out=str(tmp_path / "one")), progress=False, log=None)
+    one, two = (load_checkpoint(p / "checkpoint.pt") for p in (tmp_path / "one", root / "fp32"))
+    assert one["step"] == two["step"] == 4
+    budget = torch.load(tmp_path / "one" / "sgd_budget.pt")
+    for k, v in one["model"].items():
+        torch.testing.assert_close(two["model"][k], v, rtol=0, atol=1e-6)
+        assert (v - budget[k]).abs().max() > 1e-4  # the weights did move in epoch 2
+    for a, b in zip(one["metrics"], two["metrics"]):
+        assert a["train_error"] == b["train_error"] and a["test_error"] == b["test_error"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- one process
+
+
+def test_shard_splits_every_batch_into_disjoint_parts():
+    assert shard(torch.arange(10), 4, 0, 2).tolist() == [0, 1, 4, 5, 8]
+    assert shard(torch.arange(10), 4, 1, 2).tolist() == [2, 3, 6, 7, 9]
+    order = torch.randperm(149, generator=torch.Generator().manual_seed(0))
+    parts = [shard(order, 32, r, 4).split(8) for r in range(4)]
+    for i, batch in enumerate(order.split(32)):  # the ranks' i-th pieces make batch i
+        assert torch.cat([p[i] for p in parts]).tolist() == batch.tolist()
+    with pytest.raises(ValueError, match="batch_size divisible by world_size.*batch_size 30"):
+        shard(order, 30, 0, 4)
+
+
+def test_batch_size_not_divisible_by_the_processes_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"--batch-size 33 is not divisible by the 2 processes.*accepted: a multiple of 2"):
+        resolve(TrainConfig(**{**TINY, "batch_size": 33}))
+    with pytest.raises(ValueError, match=r"last batch of each epoch has 1 example\(s\) \(33 training examples, "
+                                         r"batch size 32\), fewer than the 2 processes"):
+        distributed.check_batch_size(32, 33)
+    assert main(["train", "--data", "digits", "--batch-size", "9", "--out", str(tmp_path / "r")]) == 2
+    assert "--batch-size 9 is not divisible by the 2 processes" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_one_process_is_untouched(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert (distributed.world_size(), distributed.rank(), distributed.is_main(), distributed.active()) == (1, 0, True, False)
+    net = torch.nn.Linear(2, 2)
+    assert distributed.wrap(net, torch.device("cpu")) is net and distributed.rng_states() == {}
+    x = torch.arange(5.0)
+    got = distributed.batches(torch.utils.data.TensorDataset(x, x), torch.arange(5), 2, "cpu")
+    assert [(a.tolist(), w) for a, _, w in got] == [([0.0, 1.0], 1), ([2.0, 3.0], 1), ([4.0], 1)]
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_torchrun_command_line(tmp_path):
+    """`torchrun --nproc_per_node 2 -m swalp train`: one line per epoch (rank 0 prints), the files."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(LOOPBACK, OMP_NUM_THREADS="1")
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), "-m", "swalp", "train", "--no-progress", "--out", str(tmp_path / "r"),
+            *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("test err") == 3 and done.stdout.count("SGD iterate at the budget") == 1
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {
+        "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "sgd_budget.pt", "average.pt"}
+    assert len(load_checkpoint(tmp_path / "r" / "checkpoint.pt")["rng_ranks"]) == 2
