@@ -13,7 +13,8 @@ processes load the cached library in well under a second. Without a working comp
 (or ninja) the backend warns once and computes with the reference instead, so results
 are the same, only slower.
 
-Compiler flags: ``-O3`` for the auto-vectoriser, ``-ffp-contract=off`` so that no
+Compiler flags: ``-O3`` for the auto-vectoriser, ``-fopenmp`` so that ``at::parallel_for``
+uses torch's threads (:func:`openmp_flags`), ``-ffp-contract=off`` so that no
 multiply-add is fused (bit-exact results must not depend on the compiler), and
 ``-mavx2 -mf16c`` only when torch reports that the CPU running the build has AVX2. The
 choice is part of the cache key, so a home folder shared by machines of different
@@ -61,7 +62,18 @@ def cflags() -> list[str]:
         flags += ["-mavx2", "-mf16c"]
     if cap == "AVX512":  # 16 lanes: halves the instructions of the random-number hash
         flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mprefer-vector-width=512"]
-    return flags
+    return flags + openmp_flags()
+
+
+def openmp_flags() -> list[str]:
+    """``-fopenmp`` where torch's own threads are OpenMP's.
+
+    ``at::parallel_for`` is a header template: under torch's OpenMP backend it expands to an
+    ``omp parallel`` region, which a compiler without ``-fopenmp`` silently ignores, and
+    every kernel would run on one thread.
+    """
+    openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+    return ["-fopenmp"] if openmp and sys.platform.startswith("linux") else []
 
 
 def build_dir() -> Path:
@@ -99,6 +111,7 @@ def load() -> bool:
                     name="swalp_cpp_" + folder.name[4:],
                     sources=[str(source) for source in SOURCES],
                     extra_cflags=cflags(),
+                    extra_ldflags=openmp_flags(),
                     build_directory=str(folder),
                     is_python_module=False,
                     verbose=False,
