@@ -25,7 +25,7 @@ from .quantize import quantize
 from .quantizer import Quantizer
 from . import _cpp, _triton  # noqa: F401,E402  register the fast backends (built on first use, not here)
 from .recipes import Recipe, get_recipe
-from .convert import quantize_model
+from .convert import quantize_model, set_quantizers
 from .optim import LowPrecisionOptimizer
 from .averaging import WeightAverage, update_bn
 from .schedule import SWALPLR
@@ -58,4 +58,5 @@ __all__ = [
     "WeightAverage",
     "update_bn",
     "SWALPLR",
+    "set_quantizers",
 ]
