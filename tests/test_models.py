@@ -22,14 +22,8 @@ PARAMS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on this shared 2-core machine, two OpenMP threads that wait for each
-    other under load made these tests up to 10x slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread (tests/conftest.py): big models on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(model):

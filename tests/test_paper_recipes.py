@@ -24,14 +24,8 @@ PAPER = {
 OURS_IMAGENET = dict(epochs=90, budget=60, lr=0.1, swa_lr=0.01, wd=1e-4, batch_size=256, momentum=0.9)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on this shared 2-core machine, two OpenMP threads that wait for each
-    other under load made these tests up to 10x slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread (tests/conftest.py): big models on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def resolved(*argv):
