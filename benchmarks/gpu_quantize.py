@@ -30,7 +30,7 @@ import torch
 
 import swalp
 from swalp.formats import BlockFloat, FixedPoint, FloatFormat, MXFloat, PerAxis, PerGroup, PerTensor, get_format
-from swalp.quantize import backends
+from swalp.ops import backends
 
 SKIPPED = 77
 CHECK_FORMATS = [

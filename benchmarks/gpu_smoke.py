@@ -19,7 +19,6 @@ Exit codes: 0 all recipes passed; 1 a loss did not fall (or became NaN); 77 no C
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import sys
@@ -32,14 +31,9 @@ SKIPPED = 77
 
 
 def load_fast_backends() -> list[str]:
-    """Import the optional fast quantization backends (C++ for CPU, Triton for CUDA) so they
-    register themselves; returns the registered backend names, fastest first."""
-    for module in ("swalp._cpp", "swalp._triton"):
-        try:
-            importlib.import_module(module)
-        except ImportError as err:  # not built here, or its compiler/triton is missing
-            print(f"# {module} not available ({err}); the reference backend is slower", flush=True)
-    from swalp.quantize import backends
+    """The registered quantization backends, fastest first (``import swalp.ops`` registers
+    C++ for CPU, and Triton for CUDA where triton imports)."""
+    from swalp.ops import backends
 
     return backends()
 
@@ -53,8 +47,8 @@ def make_batch(templates: torch.Tensor, batch_size: int, generator: torch.Genera
 
 
 def run_recipe(recipe_name: str, args, device: torch.device) -> dict:
-    from swalp.accel import prepare_batch, prepare_model
-    from swalp.convert import quantize_model
+    from swalp.training.accel import prepare_batch, prepare_model
+    from swalp.nn import quantize_model
     from swalp.data.cifar import CIFAR10, CifarAugment
     from swalp.models.vgg import vgg16
     from swalp.optim import LowPrecisionOptimizer

@@ -31,7 +31,7 @@ import torch
 
 import swalp
 from swalp.formats import BlockFloat, FixedPoint, PerAxis, PerGroup, get_format
-from swalp.quantize import backends
+from swalp.ops import backends
 
 FORMATS = {
     "fixed8": FixedPoint(8, 6),

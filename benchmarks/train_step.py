@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 import swalp
 from swalp.models import build_model, default_model
-from swalp.quantize import backends
+from swalp.ops import backends
 
 BATCH = {"cnn1d": 100, "vgg16": 128}
 

@@ -1,6 +1,20 @@
-"""swalp: low-precision training with Stochastic Weight Averaging (SWALP).
+"""swalp: low-precision training with Stochastic Weight Averaging (SWALP, arXiv 1904.11943).
 
-The public surface is what ``__all__`` lists; every other module is internal.
+The names below are the library: number formats and recipes, :func:`quantize`, the
+:class:`Quantizer` module and :func:`quantize_model`, :class:`LowPrecisionOptimizer`,
+:class:`WeightAverage` and :class:`SWALPLR`. Public sub-packages, each with ``__all__``,
+in reading order (imports only point down this list):
+
+* ``swalp.formats``, ``swalp.recipes``: number formats and recipes, pure data.
+* ``swalp.ops``: rounding a tensor (:func:`swalp.ops.quantize`) and its backends.
+* ``swalp.nn``: the Quantizer module and the module swap.
+* ``swalp.optim``: optimizer wrapper, weight average, schedule.
+* ``swalp.models``, ``swalp.data``: networks and data sets by name.
+* ``swalp.training``: the main job (``swalp train``).
+* ``swalp.experiments``: the paper's comparisons (``swalp compare``, ``swalp reproduce``).
+* ``swalp.cli``: the command line.
+
+Modules and names with a leading underscore are internal.
 """
 
 from .formats import (
@@ -21,14 +35,10 @@ from .formats import (
     Rounding,
     get_format,
 )
-from .quantize import quantize
-from .quantizer import Quantizer
-from . import _cpp, _triton  # noqa: F401,E402  register the fast backends (built on first use, not here)
+from .nn import Quantizer, quantize_model, set_quantizers
+from .ops import quantize
+from .optim import SWALPLR, LowPrecisionOptimizer, WeightAverage, update_bn
 from .recipes import Recipe, get_recipe
-from .convert import quantize_model, set_quantizers
-from .optim import LowPrecisionOptimizer
-from .averaging import WeightAverage, update_bn
-from .schedule import SWALPLR
 
 __version__ = "0.1.0"
 

@@ -28,6 +28,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Union
 
+from ._checks import check_int
+
 
 class Rounding(str, enum.Enum):
     """How a value between two grid points picks one of them.
@@ -53,14 +55,6 @@ class Rounding(str, enum.Enum):
         return self.value
 
 
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name}={value} is out of range; accepted: {bound}")
-
-
 # --- blockings -----------------------------------------------------------------------
 
 
@@ -81,7 +75,7 @@ class PerAxis:
     axis: int = 0
 
     def __post_init__(self):
-        _check_int("axis", self.axis, -64, 63)
+        check_int("axis", self.axis, -64, 63)
 
 
 @dataclass(frozen=True)
@@ -96,8 +90,8 @@ class PerGroup:
     axis: int = -1
 
     def __post_init__(self):
-        _check_int("block size", self.size, 1)
-        _check_int("axis", self.axis, -64, 63)
+        check_int("block size", self.size, 1)
+        check_int("axis", self.axis, -64, 63)
 
 
 Blocking = Union[PerTensor, PerAxis, PerGroup]
@@ -126,8 +120,8 @@ class FixedPoint:
     fl: int
 
     def __post_init__(self):
-        _check_int("wl", self.wl, 2, 32)
-        _check_int("fl", self.fl, 0, 64)
+        check_int("wl", self.wl, 2, 32)
+        check_int("fl", self.fl, 0, 64)
 
     @property
     def gap(self) -> float:
@@ -173,8 +167,8 @@ class BlockFloat:
     symmetric: bool = False
 
     def __post_init__(self):
-        _check_int("wl", self.wl, 2, 32)
-        _check_int("ebits", self.ebits, 1, 8)
+        check_int("wl", self.wl, 2, 32)
+        check_int("ebits", self.ebits, 1, 8)
         _check_block(self.block)
 
     def __repr__(self) -> str:
@@ -227,8 +221,8 @@ class FloatFormat:
     has_nan: bool = True
 
     def __post_init__(self):
-        _check_int("exp", self.exp, 2, 8)
-        _check_int("man", self.man, 0, 23)
+        check_int("exp", self.exp, 2, 8)
+        check_int("man", self.man, 0, 23)
         if not self.has_nan and not self.finite_only:
             raise ValueError("has_nan=False needs finite_only=True: an IEEE-style top exponent holds inf and NaN")
         if self.finite_only and self.has_nan and self.man == 0:
@@ -287,7 +281,7 @@ class MXFloat:
         if not isinstance(self.element, FloatFormat):
             raise ValueError(f"element must be a FloatFormat, got {self.element!r}")
         _check_block(self.block)
-        _check_int("ebits", self.ebits, 1, 8)
+        check_int("ebits", self.ebits, 1, 8)
 
     @property
     def emax(self) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ._checks import check_int
 from .formats import (
     FORMAT_TYPES,
     FP8_E4M3,
@@ -113,10 +114,7 @@ class Recipe:
         Float formats (FP8, MXFP8, bf16) have no single word length to change, so a
         recipe with no integer format raises ValueError rather than ignoring ``bits``.
         """
-        if isinstance(bits, bool) or not isinstance(bits, int):
-            raise ValueError(f"bits must be an int, got {bits!r}")
-        if not 2 <= bits <= 32:
-            raise ValueError(f"bits={bits} is out of range; accepted: 2 to 32")
+        check_int("bits", bits, 2, 32)
         integer = (FixedPoint, BlockFloat)
         changes = {r: getattr(self, r).with_bits(bits) for r in ROLES if isinstance(getattr(self, r), integer)}
         if not changes:
@@ -192,7 +190,7 @@ _RECIPES: dict[str, Recipe] = {
     ),
 }
 
-RECIPES: tuple[str, ...] = tuple(_RECIPES)
+RECIPES: tuple[str, ...] = tuple(_RECIPES)  # the names get_recipe, --recipe and TrainConfig accept
 
 
 def get_recipe(name_or_recipe: str | Recipe, bits: int | None = None) -> Recipe:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from swalp import FixedPoint, WeightAverage, quantize_model, update_bn
-from swalp.convert import quantizers
+from swalp.nn import quantizers
 
 
 def set_weights(net, value):

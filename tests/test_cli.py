@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from swalp.checkpoint import load_checkpoint
+from swalp.training import load_checkpoint
 from swalp.cli import main
 
 TINY = ["--data", "digits", "--epochs", "3", "--budget", "2", "--limit-train", "160", "--limit-test", "100",

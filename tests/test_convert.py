@@ -4,7 +4,7 @@ from torch import nn
 
 import swalp
 from swalp import BlockFloat, Quantizer, quantize_model
-from swalp.convert import configure_quantizers, quantizers, set_quantizers
+from swalp.nn import configure_quantizers, quantizers, set_quantizers
 
 
 class Block(nn.Module):

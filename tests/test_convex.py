@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from swalp.cli import main
-from swalp.convex import common, linreg, logreg
+from swalp.experiments.convex import common, linreg, logreg
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -107,7 +107,7 @@ def test_model_defaults_and_registry_errors():
 def test_cache_dir_precedence(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from swalp.data import cache_dir
+    from swalp._files import cache_dir
 
     monkeypatch.delenv("SWALP_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

@@ -1,4 +1,4 @@
-"""swalp.distributed: two CPU processes (gloo on 127.0.0.1) train data-parallel with SWALP intact.
+"""swalp.training.distributed: two CPU processes (gloo on 127.0.0.1) train data-parallel with SWALP intact.
 
 One spawn of two ranks (module fixture) runs every multi-process training these tests check;
 each rank saves what it holds at the end of each run, and the tests compare ranks, runs and a
@@ -16,14 +16,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import swalp.checkpoint
-import swalp.models
-import swalp.train
-from swalp import distributed
-from swalp.checkpoint import load_checkpoint
 from swalp.cli import main
-from swalp.data.batches import shard
-from swalp.train import TrainConfig, resolve, train
+from swalp.data import shard
+from swalp.models import ModelSpec, model_defaults, register_model
+from swalp.training import TrainConfig, distributed, fit, load_checkpoint, resolve, start, train
 
 # digits, 149 training images, batch 32: steps of 32, 32, 32, 32 and 21 (split 11 + 10 on two ranks)
 TINY = dict(data="digits", model="cnn", epochs=3, budget=2, limit_train=149, limit_test=100, batch_size=32, threads=1)
@@ -44,52 +40,27 @@ def free_port() -> int:
 def _worker(rank: int, world: int, port: int, root: str) -> None:
     """One rank: every training run of this file; saves what this rank holds to rank{r}.pt."""
     os.environ.update(LOOPBACK, MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    made = {}
-
-    def build_model(*args):  # remembers the model: the rank's final state
-        made["model"] = real_build(*args)
-        return made["model"]
 
     def bn_net(num_classes, input_shape):
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32),
                                    torch.nn.ReLU(), torch.nn.Linear(32, num_classes))
 
-    class Optimizer(swalp.train.LowPrecisionOptimizer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made["optimizer"] = self
-
-    class Average(swalp.train.WeightAverage):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made["average"] = self
-
-    writes = []
-    real_write = swalp.checkpoint.atomic_write_bytes
-
-    def write(path, fn):
-        writes.append(str(path))
-        real_write(path, fn)
-
-    real_build = swalp.train.build_model
-    swalp.train.build_model, swalp.train.LowPrecisionOptimizer, swalp.train.WeightAverage = build_model, Optimizer, Average
-    swalp.models.MODELS["bn-net"] = swalp.models.ModelSpec(bn_net, swalp.models.model_defaults("cnn", "digits"))
-    swalp.train.atomic_write_bytes = swalp.checkpoint.atomic_write_bytes = write  # every file of a run
-
-    def held():
-        return {k: copy.deepcopy(made[k].state_dict()) for k in ("model", "optimizer", "average")}
-
+    register_model("bn-net", ModelSpec(bn_net, model_defaults("cnn", "digits")))
     quiet = dict(progress=False, log=None)
-    result = {}
-    result["summary"] = train(TrainConfig(**TINY, out=f"{root}/full"), **quiet)
-    result["full"] = held()
-    result["stopped"] = train(TrainConfig(**TINY, out=f"{root}/part"), stop_after=1, **quiet)
-    train(TrainConfig(), resume=f"{root}/part", **quiet)
-    result["resumed"] = held()
-    train(TrainConfig(**FP32, out=f"{root}/fp32"), **quiet)
+    result, writes = {}, []
+
+    def run(config, resume=None, **kw):  # train through a Run, and keep what this rank holds
+        r = start(config, resume=resume, log=None)
+        out = fit(r, **quiet, **kw)
+        writes.extend(str(p) for p in r.written)
+        return out, {k: copy.deepcopy(getattr(r, k).state_dict()) for k in ("model", "optimizer", "average")}
+
+    result["summary"], result["full"] = run(TrainConfig(**TINY, out=f"{root}/full"))
+    result["stopped"], _ = run(TrainConfig(**TINY, out=f"{root}/part"), stop_after=1)
+    _, result["resumed"] = run(TrainConfig(), resume=f"{root}/part")
+    run(TrainConfig(**FP32, out=f"{root}/fp32"))
     bn = TrainConfig(**{**TINY, "model": "bn-net", "epochs": 2, "budget": 1}, out=f"{root}/bn")
-    result["bn_summary"] = train(bn, **quiet)
-    result["bn"] = held()
+    result["bn_summary"], result["bn"] = run(bn)
     result["writes"] = writes
     torch.save(result, f"{root}/rank{rank}.pt")
     distributed.shutdown()

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import swalp
-from swalp import _cpp, _kernels
+from swalp.ops import _schema, cpu
 from swalp.formats import BlockFloat, FixedPoint, FloatFormat, MXFloat, PerAxis, PerGroup, PerTensor, get_format
-from swalp.quantize import _pick_backend
+from swalp.ops._dispatch import pick_backend as _pick_backend
 
 HAS_CUDA_TRITON = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 BACKENDS = [pytest.param("cpp", "cpu", id="cpp")]
@@ -178,7 +178,7 @@ def test_results_do_not_depend_on_threads():
 
 def test_cpp_is_the_default_on_cpu_and_reference_can_be_forced():
     x = torch.randn(10)
-    assert _cpp.load()
+    assert cpu.load()
     assert _pick_backend(None, x, BlockFloat(8)).name == "cpp"
     assert _pick_backend("reference", x, BlockFloat(8)).name == "reference"
     # the Quantizer (and everything in training built on swalp.quantize) takes the default
@@ -205,7 +205,7 @@ def test_quantizer_forward_and_backward_through_the_op():
 
 def test_custom_op_registration_and_torch_compile():
     x = sample((6, 40), seed=6)
-    args = _kernels.pack(x, get_format("mxint8"), swalp.Rounding.STOCHASTIC, 77)
+    args = _schema.pack(x, get_format("mxint8"), swalp.Rounding.STOCHASTIC, 77)
     torch.library.opcheck(torch.ops.swalp.quantize.default, (x, *args), test_utils=("test_schema", "test_faketensor"))
 
     def f(t):
@@ -216,16 +216,16 @@ def test_custom_op_registration_and_torch_compile():
 
 
 def test_quantize_many_op_matches_the_reference_and_registration():
-    assert _cpp.load()
+    assert cpu.load()
     fmts = [BlockFloat(8, block=PerAxis(0)), get_format("mxint8"), FixedPoint(8, 6), E4M3]
     xs = [sample((9, 40), seed=1), sample((3, 64), seed=2), sample((100,), seed=3), sample((4, 4), seed=4).double()]
     seeds = [5, 6, 7, 2**64 - 1]
     expected = [swalp.quantize(x, f, "stochastic", s, backend="reference") for x, f, s in zip(xs, fmts, seeds)]
     got = [x.clone() for x in xs]
-    _kernels.quantize_many_(got, fmts, swalp.Rounding.STOCHASTIC, seeds)
+    _schema.run_op_many_(got, fmts, swalp.Rounding.STOCHASTIC, seeds)
     for a, b in zip(got, expected):
         assert_bitwise(a, b)
-    packed = [_kernels.pack(x, f, swalp.Rounding.STOCHASTIC, s) for x, f, s in zip(xs, fmts, seeds)]
+    packed = [_schema.pack(x, f, swalp.Rounding.STOCHASTIC, s) for x, f, s in zip(xs, fmts, seeds)]
     args = ([x.clone() for x in xs], [a[0] for a in packed], [v for a in packed for v in a[1]],
             [v for a in packed for v in a[2]], 1, [a[4] for a in packed], [a[5] for a in packed])  # fmt: skip
     torch.library.opcheck(torch.ops.swalp.quantize_many_.default, args, test_utils=("test_schema", "test_faketensor"))
@@ -255,13 +255,13 @@ def test_quantizer_cpp_autograd_node_matches_the_python_reference(dtype):
             x.grad = None
         return outs + [torch.rand(3)]  # and the generator is left in the same state
 
-    assert _cpp.load()
+    assert cpu.load()
     for a, b in zip(run(None), run("reference")):
         assert_bitwise(a, b)
 
 
 def test_quantizer_cpp_autograd_node_registration_and_modes():
-    assert _cpp.load()
+    assert cpu.load()
     q = swalp.Quantizer(BlockFloat(8), FixedPoint(8, 4))
     x = sample((6, 40), seed=8, specials=False)
     assert type(q(x.requires_grad_()).grad_fn).__name__ == "CppFunction"
@@ -271,7 +271,7 @@ def test_quantizer_cpp_autograd_node_registration_and_modes():
             y = q(x)
         torch.manual_seed(3)
         assert_bitwise(y, swalp.quantize(x.detach(), BlockFloat(8), backend="reference"))
-    packed = [_kernels.pack(x, f, swalp.Rounding.NEAREST, None)[:3] for f in (BlockFloat(8), FixedPoint(8, 4))]
+    packed = [_schema.pack(x, f, swalp.Rounding.NEAREST, None)[:3] for f in (BlockFloat(8), FixedPoint(8, 4))]
     torch.library.opcheck(torch.ops.swalp.quantize_ste.default, (x.detach(), *packed[0], *packed[1], 1),
                           test_utils=("test_schema", "test_faketensor"))  # fmt: skip
 
@@ -303,7 +303,8 @@ def test_triton_kernels_under_the_interpreter():
     script = textwrap.dedent(
         """
         import torch, swalp
-        from swalp import _kernels, _reference, _triton
+        from swalp.ops import _reference, _schema
+        from swalp.ops.triton import launch
         from swalp.formats import *
         fmts = [FixedPoint(8, 6), BlockFloat(8), BlockFloat(8, block=PerAxis(1)), BlockFloat(5, block=PerGroup(7, 0)),
                 swalp.get_format("mxint8"), FloatFormat(4, 3, finite_only=True), FloatFormat(3, 2, saturate=False),
@@ -312,15 +313,15 @@ def test_triton_kernels_under_the_interpreter():
         x.view(-1)[:7] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e-42, 0.0, -0.0, -3e-41])
         bad = 0
         row = torch.randn(3, 2048)  # rows of whole kernel blocks: one atomic per program
-        a = _reference.quantize(row, BlockFloat(8, block=PerAxis(0)), swalp.Rounding.STOCHASTIC, 5)
-        args = _kernels.pack(row, BlockFloat(8, block=PerAxis(0)), swalp.Rounding.STOCHASTIC, 5)
-        bad += not torch.equal(a, _triton.launch(row, *args))
+        a = _reference.round_to_grid(row, BlockFloat(8, block=PerAxis(0)), swalp.Rounding.STOCHASTIC, 5)
+        args = _schema.pack(row, BlockFloat(8, block=PerAxis(0)), swalp.Rounding.STOCHASTIC, 5)
+        bad += not torch.equal(a, launch(row, *args))
         for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             for fmt in fmts:
                 for r in swalp.Rounding:
                     xd = x.to(dtype)
-                    a = _reference.quantize(xd, fmt, r, 99)
-                    b = _triton.launch(xd, *_kernels.pack(xd, fmt, r, 99))
+                    a = _reference.round_to_grid(xd, fmt, r, 99)
+                    b = launch(xd, *_schema.pack(xd, fmt, r, 99))
                     same = torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()])
                     same = same and torch.equal(torch.signbit(a[a == 0]), torch.signbit(b[b == 0]))
                     bad += not same
@@ -343,7 +344,8 @@ def test_triton_kernels_compile_for_a_gpu_without_ftz_or_fma():
         import itertools, re, triton
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
-        from swalp import _triton_kernels as k
+        from swalp.ops._schema import Block
+        from swalp.ops.triton import _kernels as k
         bad = []
         for xdt, kind, stoch in itertools.product(("fp32", "bf16", "fp64"), (0, 1, 2, 3), (False, True)):
             f64, bf16 = xdt == "fp64", xdt == "bf16"
@@ -351,7 +353,7 @@ def test_triton_kernels_compile_for_a_gpu_without_ftz_or_fma():
                    "key": "i64", "bound_ptr": "*fp64" if f64 else "*fp32"}
             sig.update(dict.fromkeys(("n", "L", "inner", "G", "size"), "i64"))
             sig.update(dict.fromkeys(("fl", "wl", "emin", "emax", "offset", "man", "femin"), "i32"))
-            consts = dict(KIND=kind, STOCH=stoch, BLOCKING=3 if kind in (1, 3) else 1, SAT=kind != 2,
+            consts = dict(KIND=kind, STOCH=stoch, BLOCKING=int(Block.PER_GROUP if kind in (1, 3) else Block.WHOLE), SAT=kind != 2,
                           F64=f64, BF16=bf16, BLOCK=1024)
             sig.update(dict.fromkeys(consts, "constexpr"))
             src = ASTSource(fn=k.quantize_kernel, signature=sig, constexprs=consts)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import swalp
-from swalp.convert import quantize_model
+from swalp.nn import quantize_model
 from swalp.models import MODELS, build_model, preresnet164, resnet18, vgg16
 from swalp.recipes import Recipe
 
@@ -107,7 +107,7 @@ def test_convs_inside_see_quantized_inputs_but_input_shortcuts_and_head_do_not(n
     input is on the grid except the network input, the shortcuts and the classifier of the ResNets."""
     torch.manual_seed(0)
     model = build_model(name, 10, (3, 32, 32))
-    swalp.convert.configure_quantizers(model, Recipe(activation=swalp.FixedPoint(12, 2), rounding="nearest"))
+    swalp.nn.configure_quantizers(model, Recipe(activation=swalp.FixedPoint(12, 2), rounding="nearest"))
     size = 8 if name == "preresnet164" else 32  # any size works but VGG's 32x32; smaller is faster
     seen = {}
     for n, m in model.named_modules():
@@ -130,11 +130,11 @@ def test_convs_inside_see_quantized_inputs_but_input_shortcuts_and_head_do_not(n
 def test_quantize_model_configures_the_models_own_quantizers_and_adds_none(name):
     model = build_model(name, 10, (3, 32, 32))
     before = quantizer_names(model)
-    assert all(q.forward_format is None and q.backward_format is None for q in swalp.convert.quantizers(model))
+    assert all(q.forward_format is None and q.backward_format is None for q in swalp.nn.quantizers(model))
     quantize_model(model, "paper", placement="layer")
     assert quantizer_names(model) == before
     expected = swalp.BlockFloat(8, block=swalp.PerTensor())
-    assert all(q.forward_format == expected and q.backward_format == expected for q in swalp.convert.quantizers(model))
+    assert all(q.forward_format == expected and q.backward_format == expected for q in swalp.nn.quantizers(model))
 
 
 def test_vgg16_initialisation_follows_the_reference():

@@ -7,8 +7,9 @@ from torch import nn
 
 import swalp
 from swalp import BlockFloat, LowPrecisionOptimizer, PerAxis, Recipe, get_recipe, quantize, quantize_model
-from swalp._reference import block_absmax, floor_log2
-from swalp.optim import _ACC, _GRAD, _INIT, _STATE, derive_seed
+from swalp.ops._reference import block_absmax, floor_log2
+from swalp._rng import derive_seed
+from swalp.optim.optimizer import _ACC, _GRAD, _INIT, _STATE
 from swalp.recipes import param_format
 
 LR, MOM, WD = 0.1, 0.9, 5e-4

@@ -10,10 +10,10 @@ import torch
 import swalp
 from swalp.cli import build_parser, main
 from swalp.cli.train import config_from_args
-from swalp.compare import plan
-from swalp.quantize import backends
+from swalp.experiments.compare import plan
+from swalp.ops import backends
 from swalp.recipes import get_recipe
-from swalp.train import resolve
+from swalp.training import resolve
 
 # paper.md, "Averaging and schedule": E, B, lr0, swa_lr, wd; batch 128, momentum 0.9 for both.
 PAPER = {
@@ -151,15 +151,16 @@ def test_each_paper_network_in_low_precision_through_the_cli(tiny_cifar, tmp_pat
 def test_accel_helpers_are_no_ops_on_cpu_and_channels_last_keeps_the_values():
     from torch.utils.data import TensorDataset
 
-    from swalp import accel
+    from swalp.data import loader_options
     from swalp.models.vgg import vgg16
+    from swalp.training import accel
 
     ds = TensorDataset(torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))
     assert accel.place_dataset(ds, torch.device("cpu")) is ds
-    assert accel.loader_options("cpu", num_workers=0) == dict(num_workers=0, pin_memory=False)
-    assert accel.loader_options("cuda", num_workers=2) == dict(num_workers=2, pin_memory=True, persistent_workers=True, prefetch_factor=4)
+    assert loader_options("cpu", num_workers=0) == dict(num_workers=0, pin_memory=False)
+    assert loader_options("cuda", num_workers=2) == dict(num_workers=2, pin_memory=True, persistent_workers=True, prefetch_factor=4)
     with pytest.raises(ValueError, match="num_workers must be an integer >= 0, got -1"):
-        accel.loader_options("cpu", num_workers=-1)
+        loader_options("cpu", num_workers=-1)
     torch.manual_seed(0)
     model = vgg16(10).eval()
     x = torch.randn(2, 3, 32, 32)
@@ -190,7 +191,7 @@ def test_gpu_smoke_without_a_gpu_exits_77(capsys):
 def test_data_and_augmentation_on_the_gpu():
     from torch.utils.data import TensorDataset
 
-    from swalp import accel
+    from swalp.training import accel
     from swalp.data.cifar import CIFAR10, CifarAugment
 
     ds = accel.place_dataset(TensorDataset(torch.randn(16, 3, 32, 32), torch.arange(16)), torch.device("cuda"))

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from swalp.checkpoint import load_checkpoint, save_checkpoint
-from swalp.train import Diverged, TrainConfig, resolve, train
+from swalp.training.checkpoint import load_checkpoint, save_checkpoint
+from swalp.training import Diverged, TrainConfig, resolve, train
 
 # 160 training images, batch 32: 5 steps per epoch; about a tenth of a second an epoch.
 TINY = dict(data="digits", model="cnn", epochs=4, budget=2, limit_train=160, limit_test=100, batch_size=32)
@@ -118,7 +118,7 @@ def test_truncated_checkpoint_is_reported(tmp_path):
     (dict(bits=1), r"--bits must be an integer >= 2 .*got 1"),
     (dict(budget=4), r"--budget must be an integer in \[1, epochs\) = \[1, 4\).*got 4"),
     (dict(budget=9), r"--budget must be .*got 9"),
-    (dict(lr=0.0), r"--lr must be a positive number, got 0.0"),
+    (dict(lr=0.0), r"--lr must be a finite number > 0, got 0.0"),
     (dict(avg_unit="week"), r"unknown --avg-unit 'week'; accepted: 'epoch', 'step'"),
     (dict(batch_size=0), r"--batch-size must be an integer >= 1, got 0"),
     (dict(device="tpu"), r"unknown --device 'tpu'"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..compare import compare
+from ..experiments import compare
 from .train import add_train_flags, config_from_args
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..formats import PRESETS, BlockFloat, FixedPoint, PerAxis, PerGroup
-from ..quantize import quantize
+from ..ops import quantize
 
 DEMO_FORMATS = {
     "fixed8 (wl=8, fl=6)": FixedPoint(8, 6),

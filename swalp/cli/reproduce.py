@@ -2,14 +2,15 @@
 
 Each writes ``summary.json``, ``table.md`` and two PNGs into ``--out`` and prints the
 table; ``--quick`` is a test-sized run (seconds). The set-ups are in
-:mod:`swalp.convex.linreg` and :mod:`swalp.convex.logreg`, the results in docs/convex.md.
+:mod:`swalp.experiments.convex.linreg` and :mod:`swalp.experiments.convex.logreg`, the results in docs/convex.md.
 """
 
 from __future__ import annotations
 
 import time
 
-EXPERIMENTS = ("linreg", "logreg")
+from .._checks import check_choice
+from ..experiments.convex import EXPERIMENTS, linreg, logreg, report
 
 
 def add_parser(sub) -> None:
@@ -24,10 +25,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..convex import linreg, logreg, report
-
-    if args.experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {args.experiment!r}; accepted: {', '.join(map(repr, EXPERIMENTS))}")
+    check_choice("experiment", args.experiment, EXPERIMENTS)
     if args.experiment == "linreg" and (args.data is not None or args.data_dir is not None):
         raise ValueError("--data and --data-dir apply to logreg only")
     if not 0 <= args.seed < 2**24:

@@ -1,11 +1,11 @@
 """``swalp train``: the main job. With no arguments: the default small CNN on MNIST-1D with the
 "paper" recipe (8-bit block floating point everywhere), SGD then SWALP averaging.
 
-Every flag left out takes the model's default for the data set (``swalp.models``), shown in
-``config.json`` of the run; see :class:`swalp.train.TrainConfig` for all of them.
+Every flag left out takes the model's preset for the data set (``swalp.models``), shown in
+``config.json`` of the run; see :class:`swalp.training.TrainConfig` for all of them.
 
 Data-parallel on N processes: ``torchrun --nproc_per_node N -m swalp train ...`` (each takes
-batch_size / N examples of every batch; rank 0 writes and prints; see ``swalp.distributed``).
+batch_size / N examples of every batch; rank 0 writes and prints; see ``swalp/training/distributed.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ import argparse
 import dataclasses
 import sys
 
-from .. import distributed
-from ..train import Diverged, TrainConfig, resolve, train
+from ..nn import PLACEMENTS
+from ..optim import KINDS
+from ..recipes import RECIPES
+from ..training import AVG_UNITS, Diverged, TrainConfig, resolve, train
+from ..training import distributed
 
 _D = TrainConfig()
 
@@ -28,20 +31,20 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", default=None, help="folder of a file-based data set; cache of the embedded ones (default ~/.cache/swalp)")
     g.add_argument("--download", action="store_true", default=None, help="allow the data loader to download its files")
     g.add_argument("--model", default=None, help="model name (default: the data set's default model, cnn1d for mnist1d)")
-    g.add_argument("--placement", default=None, choices=["layer", "activation"], help=f"quantizer placement (default {_D.placement})")
+    g.add_argument("--placement", default=None, choices=PLACEMENTS, help=f"quantizer placement (default {_D.placement})")
     g = p.add_argument_group("schedule (defaults: the model's, per data set)")
     g.add_argument("--epochs", type=int, default=None, help="total epochs E")
     g.add_argument("--budget", type=int, default=None, help="epochs B of SGD before averaging starts (< E)")
     g.add_argument("--lr", type=float, default=None, help="initial learning rate lr0")
     g.add_argument("--swa-lr", type=float, default=None, help="constant learning rate after the budget")
     g.add_argument("--lr-ratio", type=float, default=None, help=f"final decay ratio of the schedule (default {_D.lr_ratio})")
-    g.add_argument("--schedule", default=None, choices=["swalp", "cosine", "constant"], help=f"learning-rate schedule (default {_D.schedule})")
+    g.add_argument("--schedule", default=None, choices=KINDS, help=f"learning-rate schedule (default {_D.schedule})")
     g.add_argument("--wd", type=float, default=None, help="weight decay")
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum")
     g.add_argument("--batch-size", type=int, default=None, help="batch size")
     g = p.add_argument_group("averaging")
     g.add_argument("--avg-every", type=int, default=None, help=f"average every c units from the end of the budget (default {_D.avg_every})")
-    g.add_argument("--avg-unit", default=None, choices=["epoch", "step"], help=f"unit of --avg-every (default {_D.avg_unit})")
+    g.add_argument("--avg-unit", default=None, choices=AVG_UNITS, help=f"unit of --avg-every (default {_D.avg_unit})")
     g.add_argument("--avg-format", default=None, help="keep the average in this number format, e.g. bfloat16 (default fp32)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help=f"cpu, cuda, cuda:N or auto (default {_D.device})")
@@ -68,7 +71,7 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_flags(p)
     g = p.add_argument_group("precision and output")
-    g.add_argument("--recipe", default=None, help=f"number-format recipe: fp32, paper, paper-big-block, fixed8, mx, fp8 (default {_D.recipe})")
+    g.add_argument("--recipe", default=None, help=f"number-format recipe: {', '.join(RECIPES)} (default {_D.recipe})")
     g.add_argument("--bits", type=int, default=None, help="word length of the recipe's integer formats (default: the recipe's, 8)")
     g.add_argument("--seed", type=int, default=None, help=f"seed of the initial weights, data order and rounding (default {_D.seed})")
     g.add_argument("--out", default=None, help=f"output folder (default {_D.out}; an earlier run there is overwritten)")

@@ -6,9 +6,10 @@ Tests never call this: every loader reads local files unless ``download=True``.
 from __future__ import annotations
 
 import hashlib
-import os
 import urllib.request
 from pathlib import Path
+
+from .._files import atomic_write
 
 
 def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -20,7 +21,7 @@ def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def download(url: str, dest: str | Path, md5: str | None = None) -> Path:
-    """Download ``url`` to ``dest`` (atomically: a ``.part`` file, then rename) and check its MD5.
+    """Download ``url`` to ``dest`` (atomically) and check its MD5.
 
     An existing ``dest`` with the right checksum is kept. A checksum mismatch raises
     ``RuntimeError`` and leaves no file behind.
@@ -29,14 +30,16 @@ def download(url: str, dest: str | Path, md5: str | None = None) -> Path:
     if dest.exists() and (md5 is None or md5sum(dest) == md5):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     print(f"downloading {url} -> {dest}", flush=True)
     request = urllib.request.Request(url, headers={"User-Agent": "swalp"})
-    with urllib.request.urlopen(request, timeout=60) as response, open(part, "wb") as f:
-        while block := response.read(1 << 20):
-            f.write(block)
-    if md5 is not None and (got := md5sum(part)) != md5:
-        part.unlink()
-        raise RuntimeError(f"{url}: MD5 {got} does not match the published {md5}; try again or fetch it by hand")
-    os.replace(part, dest)
-    return dest
+
+    def fetch(f) -> None:
+        digest = hashlib.md5()  # noqa: S324 - as md5sum
+        with urllib.request.urlopen(request, timeout=60) as response:
+            while block := response.read(1 << 20):
+                f.write(block)
+                digest.update(block)
+        if md5 is not None and (got := digest.hexdigest()) != md5:
+            raise RuntimeError(f"{url}: MD5 {got} does not match the published {md5}; try again or fetch it by hand")
+
+    return atomic_write(dest, fetch)

@@ -6,7 +6,23 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from ..accel import loader_options
+from .._checks import check_int
+
+
+def loader_options(device: torch.device, num_workers: int = 0, prefetch_factor: int = 4) -> dict:
+    """Keyword arguments for a ``DataLoader`` feeding ``device``.
+
+    Pinned memory on a GPU; with workers, persistent workers (no re-fork every epoch) and
+    ``prefetch_factor`` batches in flight per worker.
+
+    Raises:
+        ValueError: ``num_workers`` is negative or not an int.
+    """
+    check_int("num_workers", num_workers, 0)
+    options = dict(num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")
+    if num_workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=prefetch_factor)
+    return options
 
 
 def limit(dataset, n):

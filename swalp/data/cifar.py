@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from . import DataBundle, register_dataset
+from .bundle import DataBundle
 from ._download import download as _download
 
 
@@ -233,5 +233,5 @@ def _loader(name: str):
     return load
 
 
-load_cifar10 = register_dataset("cifar10", _loader("cifar10"))
-load_cifar100 = register_dataset("cifar100", _loader("cifar100"))
+load_cifar10 = _loader("cifar10")
+load_cifar100 = _loader("cifar100")

@@ -3,7 +3,7 @@
 - ``"mnist1d"``: MNIST-1D (Greydanus, 2020), generated with ``mnist1d.data.make_dataset``
   from its default arguments with ``num_samples=10000``: 8,000 training and 2,000 test
   sequences of length 40, 10 classes. Generating takes a few seconds, so the arrays are
-  cached as an ``.npz`` file (see :func:`swalp.data.cache_dir`).
+  cached as an ``.npz`` file (in :func:`swalp._files.cache_dir`).
 - ``"digits"``: scikit-learn's 8x8 handwritten digits (1,797 images), split 80/20 with a
   fixed seed, stratified by class, scaled to [0, 1].
 
@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import random
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from . import DataBundle, cache_dir, register_dataset
+from .._files import atomic_write, cache_dir
+from .bundle import DataBundle
 
 MNIST1D_SAMPLES = 10_000
 DIGITS_SPLIT_SEED = 0
@@ -60,20 +61,18 @@ def mnist1d_arrays(data_dir=None) -> dict[str, np.ndarray]:
     from mnist1d.data import make_dataset
 
     # make_dataset seeds numpy's and python's global generators; keep the caller's state.
-    np_state, py_state = np.random.get_state(), __import__("random").getstate()
+    np_state, py_state = np.random.get_state(), random.getstate()
     try:
         data = make_dataset(mnist1d_args())
     finally:
         np.random.set_state(np_state)
-        __import__("random").setstate(py_state)
+        random.setstate(py_state)
     arrays = {
         "x": data["x"].astype(np.float32), "y": data["y"].astype(np.int64),
         "x_test": data["x_test"].astype(np.float32), "y_test": data["y_test"].astype(np.int64),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # a concurrent reader sees the old file or the whole new one
     return arrays
 
 
@@ -102,6 +101,3 @@ def load_digits(data_dir=None, download: bool = False, seed: int = 0) -> DataBun
     test = TensorDataset(torch.from_numpy(x_te).unsqueeze(1), torch.from_numpy(y_te))
     return DataBundle(train, test, num_classes=10, input_shape=(1, 8, 8), name="digits")
 
-
-register_dataset("mnist1d", load_mnist1d)
-register_dataset("digits", load_digits)

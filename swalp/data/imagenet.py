@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from . import DataBundle, register_dataset
+from .bundle import DataBundle
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -179,5 +179,3 @@ def load_imagenet(data_dir=None, download: bool = False, seed: int = 0, size: in
         train_transform=None,  # augmentation happens per image in ImageFolder (worker processes)
     )
 
-
-register_dataset("imagenet", load_imagenet)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from . import DataBundle, register_dataset
+from .bundle import DataBundle
 from ._download import download as _download
 
 # IDX type codes -> big-endian numpy dtypes (the IDX spec on yann.lecun.com/exdb/mnist).
@@ -151,5 +151,3 @@ def load_mnist(data_dir=None, download: bool = False, seed: int = 0) -> DataBund
         train_transform=None,
     )
 
-
-register_dataset("mnist", load_mnist)

@@ -10,7 +10,7 @@ identity or a strided 1x1 conv (no BN) where the shape changes. 1,703,258 parame
 Quantizers (Q_A forward, Q_E backward): after the stem conv (1), and before and after every
 conv inside each bottleneck (6 per block, 324); 325 in all. Never on the input, the logits,
 the shortcut, the residual sum, or the final BN/pool/fc. They are created with no format (the
-identity): :func:`swalp.convert.configure_quantizers` gives them the recipe's formats.
+identity): :func:`swalp.nn.configure_quantizers` gives them the recipe's formats.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import math
 
 from torch import Tensor, nn
 
-from ..quantizer import Quantizer
-from . import ModelSpec, register_model
+from ..nn.quantizer import Quantizer
 
 
 class Bottleneck(nn.Module):
@@ -117,13 +116,12 @@ def preresnet164(num_classes: int = 10, in_channels: int = 3) -> PreResNet:
     return PreResNet(num_classes, 164, in_channels)
 
 
-def _build(num_classes: int, input_shape: tuple) -> PreResNet:
+def build(num_classes: int, input_shape: tuple) -> PreResNet:
     if len(input_shape) != 3:
         raise ValueError(f"preresnet164 needs images (C, H, W), got input shape {tuple(input_shape)}")
     return preresnet164(num_classes, in_channels=input_shape[0])
 
 
-# The paper's recipe (paper.md): E = 225, B = 150, lr0 0.1, swa_lr 0.01, wd 3e-4, batch 128, momentum 0.9.
+# The paper's CIFAR set-up for PreResNet-164 (arXiv 1904.11943, its CIFAR experiments, as the
+# reference scripts run them): E = 225, B = 150, lr0 0.1, swa_lr 0.01, wd 3e-4, batch 128, momentum 0.9.
 PAPER_CIFAR = dict(epochs=225, budget=150, lr=0.1, swa_lr=0.01, wd=3e-4, batch_size=128, momentum=0.9)
-
-register_model("preresnet164", ModelSpec(_build, {"cifar10": PAPER_CIFAR, "cifar100": PAPER_CIFAR, "*": PAPER_CIFAR}))

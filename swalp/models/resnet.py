@@ -5,10 +5,10 @@ Layout: Conv7x7(64, stride 2)-BN-ReLU-MaxPool3x3(stride 2); four stages of two b
 shortcut); global average pool; Linear. 11,689,512 parameters for 1000 classes.
 
 Quantizers: the SWALP reference has no ResNet-18 code, so we apply PreResNet-164's rule
-(paper.md, "Where Q_A/Q_E sit"): one after the stem conv, and one before and one after every
+(``preresnet.py``): one after the stem conv, and one before and one after every
 conv inside each basic block (4 per block, 32); 33 in all. Never on the input, the logits,
 the shortcut (identity or 1x1 conv + BN), the residual sum, or the final pool/fc. They are
-created with no format (the identity): :func:`swalp.convert.configure_quantizers` gives them
+created with no format (the identity): :func:`swalp.nn.configure_quantizers` gives them
 the recipe's formats.
 """
 
@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..quantizer import Quantizer
-from . import ModelSpec, register_model
+from ..nn.quantizer import Quantizer
 
 
 class BasicBlock(nn.Module):
@@ -101,16 +100,14 @@ def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     return ResNet(num_classes, (2, 2, 2, 2), in_channels)
 
 
-def _build(num_classes: int, input_shape: tuple) -> ResNet:
+def build(num_classes: int, input_shape: tuple) -> ResNet:
     if len(input_shape) != 3:
         raise ValueError(f"resnet18 needs images (C, H, W), got input shape {tuple(input_shape)}")
     return resnet18(num_classes, in_channels=input_shape[0])
 
 
-# OUR schedule, not the paper's (paper.md gives no ImageNet set-up): the usual 90-epoch SGD
+# OUR schedule, not the paper's (its ImageNet set-up is not ours to copy): the usual 90-epoch SGD
 # recipe for ResNet-18 (lr 0.1 for batch 256, scale it by batch/256; wd 1e-4; momentum 0.9),
 # read as the SWALP schedule with E = 1.5 B: budget 60, then 30 epochs of averaging at
 # swa_lr 0.01 (the swa_lr/lr0 ratio of the PreResNet-164 recipe).
 IMAGENET = dict(epochs=90, budget=60, lr=0.1, swa_lr=0.01, wd=1e-4, batch_size=256, momentum=0.9)
-
-register_model("resnet18", ModelSpec(_build, {"imagenet": IMAGENET, "*": IMAGENET}), default_for=("imagenet",))

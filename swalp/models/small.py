@@ -14,7 +14,6 @@ import math
 
 from torch import nn
 
-from . import ModelSpec, register_model
 
 
 def _conv_out(n: int, kernel: int, stride: int, padding: int) -> int:
@@ -67,15 +66,12 @@ def cnn(num_classes: int = 10, input_shape: tuple = (1, 8, 8), width: int = 32) 
                          nn.Flatten(), nn.Linear(width * h2 * w2, num_classes))
 
 
-# One CPU thread: for layers this small, a second thread costs more in synchronisation
-# than it gains (and on a busy machine, far more: OpenMP threads wait for each other).
-# Schedules are SWALP's: `budget` epochs of SGD, then averaging to `epochs` = 1.5 x budget.
-# MNIST-1D: lr0 0.15 and swa_lr 0.1 came from single runs (seeds 0 and 1) of lr0 in {0.05, 0.1,
-# 0.15, 0.2} and swa_lr in {0.01, 0.03, 0.05, 0.1}: 0.15 gave the best full-precision SGD among
-# them, and a swa_lr near lr0 the best averages (more diverse iterates to average).
-_MNIST1D = dict(epochs=45, budget=30, lr=0.15, swa_lr=0.1, wd=5e-4, batch_size=128, momentum=0.9, threads=1)
-_DIGITS = dict(epochs=30, budget=20, lr=0.05, swa_lr=0.01, wd=5e-4, batch_size=64, momentum=0.9, threads=1)
-
-register_model("cnn1d", ModelSpec(cnn1d, {"mnist1d": _MNIST1D, "*": _MNIST1D}), default_for=("mnist1d",))
-register_model("mlp", ModelSpec(mlp, {"digits": _DIGITS, "*": _MNIST1D}))
-register_model("cnn", ModelSpec(cnn, {"digits": _DIGITS, "*": _DIGITS}), default_for=("digits", "mnist"))
+# Training presets (TrainConfig fields) of the small models. One CPU thread: for layers
+# this small, a second thread costs more in synchronisation than it gains (and on a busy
+# machine, far more: OpenMP threads wait for each other). Schedules are SWALP's: `budget`
+# epochs of SGD, then averaging to `epochs` = 1.5 x budget. MNIST-1D: lr0 0.15 and swa_lr
+# 0.1 came from single runs (seeds 0 and 1) of lr0 in {0.05, 0.1, 0.15, 0.2} and swa_lr in
+# {0.01, 0.03, 0.05, 0.1}: 0.15 gave the best full-precision SGD among them, and a swa_lr
+# near lr0 the best averages (more diverse iterates to average).
+MNIST1D = dict(epochs=45, budget=30, lr=0.15, swa_lr=0.1, wd=5e-4, batch_size=128, momentum=0.9, threads=1)
+DIGITS = dict(epochs=30, budget=20, lr=0.05, swa_lr=0.01, wd=5e-4, batch_size=64, momentum=0.9, threads=1)

@@ -6,7 +6,7 @@ Linear(512,512)-ReLU-Linear(512, classes). 15,245,130 parameters for 10 classes.
 
 Quantizers (Q_A forward, Q_E backward): after each conv+ReLU (13) and after the two hidden
 Linear+ReLU (2); 15 in all, none on the input or the logits. They are created with no format
-(the identity): :func:`swalp.convert.configure_quantizers` gives them the recipe's activation
+(the identity): :func:`swalp.nn.configure_quantizers` gives them the recipe's activation
 and error formats.
 """
 
@@ -16,8 +16,7 @@ import math
 
 from torch import Tensor, nn
 
-from ..quantizer import Quantizer
-from . import ModelSpec, register_model
+from ..nn.quantizer import Quantizer
 
 # Channels per conv; "M" is a 2x2 max-pool.
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -80,16 +79,14 @@ def vgg16(num_classes: int = 10, in_channels: int = 3) -> VGG:
     return VGG(num_classes, VGG16_CFG, in_channels)
 
 
-def _build(num_classes: int, input_shape: tuple) -> VGG:
+def build(num_classes: int, input_shape: tuple) -> VGG:
     if len(input_shape) != 3 or tuple(input_shape[1:]) != (32, 32):
         raise ValueError(f"vgg16 needs 32x32 images (input shape (C, 32, 32)), got {tuple(input_shape)}; "
                          "use it with cifar10/cifar100")
     return vgg16(num_classes, in_channels=input_shape[0])
 
 
-# The paper's recipe (paper.md, "Averaging and schedule"): E = 300, B = 200, lr0 0.05, swa_lr 0.01,
-# wd 5e-4, batch 128, momentum 0.9; the "paper" recipe (8-bit small-block BFP) is the trainer's default.
+# The paper's CIFAR set-up for VGG-16 (arXiv 1904.11943, its CIFAR experiments, as the
+# reference scripts run them): E = 300, B = 200, lr0 0.05, swa_lr 0.01, wd 5e-4, batch 128,
+# momentum 0.9; the "paper" recipe (8-bit small-block BFP) is the trainer's default.
 PAPER_CIFAR = dict(epochs=300, budget=200, lr=0.05, swa_lr=0.01, wd=5e-4, batch_size=128, momentum=0.9)
-
-register_model("vgg16", ModelSpec(_build, {"cifar10": PAPER_CIFAR, "cifar100": PAPER_CIFAR, "*": PAPER_CIFAR}),
-               default_for=("cifar10", "cifar100"))

@@ -1,0 +1,107 @@
+"""``Quantizer``: an identity module that rounds activations forward and errors backward."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..formats import Format, Rounding, get_format
+from ..ops._dispatch import FLOAT_DTYPES, dispatch, pick_backend
+
+
+# The formats and rounding were checked when the Quantizer was built, so both directions
+# take dispatch (no argument checks): this runs twice per Quantizer per training step.
+class _QuantizeFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, fwd, bwd, rounding, backend):
+        ctx.bwd, ctx.rounding, ctx.backend = bwd, rounding, backend
+        return x if fwd is None else dispatch(x, fwd, rounding, None, backend)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.bwd is not None:
+            grad = dispatch(grad, ctx.bwd, ctx.rounding, None, ctx.backend)
+        return grad, None, None, None, None
+
+
+class Quantizer(nn.Module):
+    """The identity, with rounding: ``forward`` quantizes the activation to ``forward``'s
+    format, and the gradient that flows back through it (the error) to ``backward``'s.
+
+    Args:
+        forward: format of the activation, or None for full precision.
+        backward: format of the error, or None for full precision.
+        rounding: ``"stochastic"`` or ``"nearest"``, for both directions.
+        backend: passed to :func:`swalp.quantize` (None picks the fastest).
+
+    Shapes: any; the output has the input's shape and dtype.
+
+    Each call draws a fresh seed from torch's global generator, so ``torch.manual_seed``
+    repeats a run. A Quantizer in ``eval()`` mode still quantizes: to evaluate in full
+    precision, set ``enabled = False`` (see :func:`swalp.nn.set_quantizers`).
+
+    Example:
+        >>> import torch, swalp
+        >>> q = swalp.Quantizer(swalp.FixedPoint(4, 2), None, rounding="nearest")
+        >>> x = torch.tensor([0.3, 0.9], requires_grad=True)
+        >>> q(x).detach()
+        tensor([0.2500, 1.0000])
+    """
+
+    def __init__(
+        self,
+        forward: Format | str | None = None,
+        backward: Format | str | None = None,
+        rounding: Rounding | str = "stochastic",
+        backend: str | None = None,
+    ):
+        super().__init__()
+        self.forward_format = forward
+        self.backward_format = backward
+        self.rounding = rounding
+        self.backend = backend
+        self.enabled = True
+
+    # Checked when set (here or by swalp.nn.configure_quantizers), not at every call.
+    @property
+    def forward_format(self) -> Format | None:
+        return self._forward_format
+
+    @forward_format.setter
+    def forward_format(self, fmt: Format | str | None) -> None:
+        self._forward_format = None if fmt is None else get_format(fmt)
+
+    @property
+    def backward_format(self) -> Format | None:
+        return self._backward_format
+
+    @backward_format.setter
+    def backward_format(self, fmt: Format | str | None) -> None:
+        self._backward_format = None if fmt is None else get_format(fmt)
+
+    @property
+    def rounding(self) -> Rounding:
+        return self._rounding
+
+    @rounding.setter
+    def rounding(self, rounding: Rounding | str) -> None:
+        self._rounding = Rounding.parse(rounding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        fwd, bwd = self._forward_format, self._backward_format
+        if not self.enabled or (fwd is None and bwd is None):
+            return x
+        if x.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"cannot quantize a {x.dtype} tensor; accepted dtypes: float16, bfloat16, float32, float64")
+        if fwd is not None and bwd is not None and not torch.compiler.is_compiling():
+            # the backend's own autograd node, if it has one (C++ on CPU); torch.compile
+            # traces the Python one, whose seeds it can see being drawn
+            backend = pick_backend(self.backend, x, fwd)
+            if backend.ste is not None and backend.supports(x, bwd):
+                y = backend.ste(x, fwd, bwd, self._rounding)
+                if y is not None:
+                    return y
+        return _QuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend)
+
+    def extra_repr(self) -> str:
+        return f"forward={self.forward_format}, backward={self.backward_format}, rounding={self.rounding.value}"

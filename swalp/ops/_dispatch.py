@@ -1,0 +1,171 @@
+"""``quantize``: round a tensor onto a number format's grid, with pluggable backends.
+
+The reference backend (``swalp/ops/_reference.py``) defines the results; faster backends
+(``swalp/ops/cpu``, ``swalp/ops/triton``) are registered by ``swalp/ops/__init__.py`` with
+:func:`register_backend` and must agree with it bit for bit.
+
+:func:`quantize` checks its arguments, then calls :func:`dispatch`; the training hot path
+(the Quantizer modules, the optimizer) calls :func:`dispatch` and :func:`dispatch_many_`
+directly with arguments it checked once, at construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .._rng import check_seed, draw_seed
+from ..formats import FORMAT_TYPES, Format, Rounding, get_format
+from ._reference import axis_index, round_to_grid
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A quantization backend.
+
+    Args:
+        name: what users pass as ``backend=``.
+        fn: ``fn(x, fmt, rounding, seed) -> Tensor`` with the reference's semantics.
+        supports: ``supports(x, fmt) -> bool``; the automatic choice skips a backend
+            that returns False.
+        priority: higher is tried first by the automatic choice.
+        many: optional ``many(xs, fmts, rounding, seeds) -> None``, rounding each tensor
+            of the list in place, as ``x.copy_(fn(x, fmt, rounding, seed))`` would, in
+            fewer calls (see :func:`dispatch_many_`).
+        ste: optional ``ste(x, fwd, bwd, rounding) -> Tensor or None``: what
+            :class:`swalp.Quantizer` computes (``fwd`` rounding forward, ``bwd`` rounding the
+            gradient, seeds drawn as ``quantize(seed=None)`` draws them) with a faster
+            autograd node; None where it cannot run, and the Quantizer does it in Python.
+    """
+
+    name: str
+    fn: Callable
+    supports: Callable[[Tensor, Format], bool]
+    priority: int = 0
+    many: Callable | None = None
+    ste: Callable | None = None
+
+
+_BACKENDS: dict[str, Backend] = {}
+_BY_PRIORITY: list[Backend] = []  # kept sorted here, not on every call: quantize() is a hot path
+
+
+def register_backend(backend: Backend) -> None:
+    """Add (or replace) a backend; the automatic choice takes the highest priority."""
+    _BACKENDS[backend.name] = backend
+    _BY_PRIORITY[:] = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
+
+
+def backends() -> list[str]:
+    """Names of the registered backends, fastest first."""
+    return [b.name for b in _BY_PRIORITY]
+
+
+register_backend(Backend("reference", round_to_grid, lambda x, fmt: True, priority=0))
+
+
+def pick_backend(name: str | None, x: Tensor, fmt: Format) -> Backend:
+    if name is None or name == "auto":
+        for b in _BY_PRIORITY:
+            if b.supports(x, fmt):
+                return b
+        return _BACKENDS["reference"]
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; accepted: 'auto', {', '.join(map(repr, backends()))}")
+    backend = _BACKENDS[name]
+    if not backend.supports(x, fmt):
+        raise ValueError(f"backend {name!r} does not support {fmt!r} on a {x.device.type} {x.dtype} tensor")
+    return backend
+
+
+def quantize(
+    x: Tensor,
+    fmt: Format | str,
+    rounding: Rounding | str = "stochastic",
+    seed: int | None = None,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Round ``x`` onto the grid of ``fmt``.
+
+    Args:
+        x: a float16, bfloat16, float32 or float64 tensor of any shape (empty too).
+        fmt: a format (:class:`FixedPoint`, :class:`BlockFloat`, :class:`FloatFormat`,
+            :class:`MXFloat`) or a preset name such as ``"e4m3"`` or ``"mxint8"``.
+        rounding: ``"stochastic"`` (unbiased) or ``"nearest"`` (half to even).
+        seed: for stochastic rounding: element ``i`` (row-major in ``x``'s shape) gets
+            random bits that depend only on ``(seed, i)``, whatever the backend or the
+            number of threads. ``None`` draws a seed from torch's global generator.
+        backend: ``None``/``"auto"`` picks the fastest registered backend that supports
+            the input; ``"reference"`` forces the pure-PyTorch definition.
+
+    Returns:
+        A tensor of ``x``'s shape, dtype and device (contiguous), every value on the grid.
+        Out-of-range values saturate; NaN stays NaN without spreading to its block;
+        +-inf saturate to the largest value of their block (or to inf for a
+        ``FloatFormat(saturate=False)``).
+
+    Caveat: the rounding is computed in float32 (float64 for float64 inputs); for
+    float16/bfloat16 inputs a grid value that the input dtype cannot hold (a 16-bit
+    fixed point in bfloat16, say) is rounded once more by the final cast.
+
+    Example:
+        >>> import torch, swalp
+        >>> swalp.quantize(torch.tensor([0.3, -1.7]), swalp.FixedPoint(4, 2), "nearest")
+        tensor([ 0.2500, -1.7500])
+    """
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"cannot quantize a {x.dtype} tensor; accepted dtypes: float16, bfloat16, float32, float64")
+    fmt = get_format(fmt)
+    if not isinstance(fmt, FORMAT_TYPES):
+        raise ValueError(f"unknown format {fmt!r}")
+    rounding = Rounding.parse(rounding)
+    if seed is not None:
+        seed = check_seed(seed)
+    block = getattr(fmt, "block", None)
+    if block is not None and hasattr(block, "axis") and x.dim() > 0:
+        axis_index(block.axis, x.dim())
+    return dispatch(x, fmt, rounding, seed, backend)
+
+
+def dispatch(x: Tensor, fmt: Format, rounding: Rounding, seed: int | None, backend: str | None = None) -> Tensor:
+    """:func:`quantize` without the argument checks, for callers that already made them.
+
+    The training hot path (Quantizer, LowPrecisionOptimizer) calls it dozens of times a
+    step with a format object, a :class:`Rounding`, a valid seed (or None: drawn here, as
+    :func:`quantize` does) and a tensor of the right kind, all fixed when the model and the
+    optimizer were set up. Same results as :func:`quantize`, bit for bit.
+    """
+    if seed is None and rounding is Rounding.STOCHASTIC:
+        seed = draw_seed()
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return pick_backend(backend, x, fmt).fn(x, fmt, rounding, seed).contiguous()
+    return pick_backend(backend, x, fmt).fn(x, fmt, rounding, seed).contiguous()
+
+
+def dispatch_many_(xs: list[Tensor], fmts: list[Format], rounding: Rounding, seeds: list[int | None]) -> None:
+    """In place, ``x.copy_(dispatch(x, fmt, rounding, seed))`` for each triple.
+
+    For many small tensors (the optimizer's gradients, weights and state): when the
+    automatic backend of every tensor is the same one and it has a ``many`` function,
+    that is one call for the whole list. Same results, bit for bit.
+    """
+    if not xs:
+        return
+    backend = pick_backend(None, xs[0], fmts[0])
+    if backend.many is None or any(pick_backend(None, x, f) is not backend for x, f in zip(xs, fmts)):
+        for x, fmt, seed in zip(xs, fmts, seeds):
+            x.copy_(dispatch(x, fmt, rounding, seed))
+        return
+    if rounding is Rounding.STOCHASTIC and None in seeds:
+        seeds = [draw_seed() if s is None else s for s in seeds]
+    with torch.no_grad():
+        backend.many(xs, fmts, rounding, seeds)

@@ -1,0 +1,58 @@
+"""The "cpp" backend: C++ CPU kernels for the ``swalp::quantize`` ops, built on first use.
+
+Three ops (declared in ``swalp/ops/_schema.py``): ``swalp::quantize`` (``fn``);
+``swalp::quantize_many_``, which rounds a list of tensors in place in one call (``many``,
+for the optimizer's dozens of small tensors); and ``swalp::quantize_ste``, the
+:class:`swalp.nn.Quantizer`'s forward and backward as one C++ autograd node (``ste``).
+``_build.py`` compiles them (about a minute, once per machine); without a working
+compiler the backend warns once and computes with the reference, so results are the
+same, only slower. ``swalp/ops/__init__.py`` registers :data:`BACKEND`.
+
+Example:
+    >>> import torch
+    >>> from swalp.ops import quantize
+    >>> x = torch.randn(1000)
+    >>> torch.equal(quantize(x, "bfp8", seed=0, backend="cpp"), quantize(x, "bfp8", seed=0, backend="reference"))
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...formats import Rounding
+from .._dispatch import Backend
+from .._reference import round_to_grid
+from .._schema import pack, run_op, run_op_many_
+from ._build import failed, load
+
+__all__ = ["BACKEND", "load"]
+
+
+def _fn(x, fmt, rounding, seed):
+    if not load():
+        return round_to_grid(x, fmt, rounding, seed)
+    return run_op(x, fmt, rounding, seed)
+
+
+def _many_(xs, fmts, rounding, seeds) -> None:
+    if not load():
+        for x, fmt, seed in zip(xs, fmts, seeds):
+            x.copy_(round_to_grid(x, fmt, rounding, seed))
+        return
+    run_op_many_(xs, fmts, rounding, seeds)
+
+
+def _ste(x, fwd, bwd, rounding):
+    if not load():
+        return None
+    kind, p, f = pack(x, fwd, Rounding.NEAREST, None)[:3]  # the seeds are drawn in C++
+    bkind, bp, bf = pack(x, bwd, Rounding.NEAREST, None)[:3]  # the gradient: x's dtype and shape
+    return torch.ops.swalp.quantize_ste.default(x, kind, p, f, bkind, bp, bf, int(rounding is Rounding.STOCHASTIC))
+
+
+def _supports(x, fmt) -> bool:
+    return x.is_cpu and not failed()  # is_cpu, not device.type: this runs per tensor per step
+
+
+BACKEND = Backend("cpp", _fn, _supports, priority=10, many=_many_, ste=_ste)

@@ -1,0 +1,98 @@
+"""Launch the Triton kernels of the ``swalp::quantize`` op (``_kernels.py``, imported lazily).
+
+Same arithmetic as the reference (swalp/ops/_reference.py) step for step: uint32 lowbias32 hash of the element's row-major
+index, exact two-factor power-of-two scaling built from exponent bits, ``floor_log2``
+from the bits with subnormals scaled up first, round-half-even by the 2^23 (2^52)
+trick, floor without flush-to-zero, bounds read from a (cached) tensor of the compute
+dtype. FMA contraction is switched off (``enable_fp_fusion=False``): a fused
+``x * a - f`` would round differently.
+
+Two kernels: block maxima (signed integer bits of |x|, non-finite dropped) reduced with
+``atomic_max`` into one slot per block (one atomic per program for a whole-tensor
+block), then one elementwise pass that reads its block's maximum.
+
+:func:`launch` also runs under ``TRITON_INTERPRET=1`` on CPU tensors, which is how this
+file is tested on machines without a GPU; ``benchmarks/gpu_quantize.py`` checks and
+times it on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._schema import Block, Kind, Params
+
+BLOCK = 1024
+_jit = None  # (absmax kernel, quantize kernel), compiled on first use
+
+
+def _kernels_jit():
+    global _jit
+    if _jit is None:
+        from . import _kernels as k
+
+        _jit = (k.absmax_kernel, k.quantize_kernel)
+    return _jit
+
+
+def _layout(shape, block: int, axis: int, size: int) -> tuple[int, int, int, int]:
+    """(L, inner, G, number of blocks) of a :class:`Block` along ``axis``."""
+    n = 1
+    for d in shape:
+        n *= d
+    if block == Block.WHOLE:
+        return 1, 1, 1, 1
+    outer = 1
+    for d in shape[:axis]:
+        outer *= d
+    L, inner = shape[axis], n // max(1, outer * shape[axis])
+    if block == Block.PER_AXIS:
+        return L, inner, 1, L
+    G = -(-L // size)
+    return L, inner, G, outer * G * inner
+
+
+_BOUNDS: dict = {}
+
+
+def _bounds(f: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    """(qmin, qmax, big) on the device, made once per format: no copy per call."""
+    key = (f, dtype, device)
+    if key not in _BOUNDS:
+        _BOUNDS[key] = torch.tensor(f, dtype=dtype, device=device)
+    return _BOUNDS[key]
+
+
+def launch(x, kind, p, f, rounding, k0, k1):
+    """Run the kernels: the op's CUDA implementation (works on CPU under TRITON_INTERPRET=1)."""
+    absmax_kernel, quantize_kernel = _kernels_jit()
+    v = Params(*p)
+    xc = x.contiguous()
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    n = xc.numel()
+    if n == 0:
+        return y
+    f64 = x.dtype == torch.float64
+    blocking = v.block
+    L, inner, G, nblocks = _layout(list(x.shape), blocking, v.axis, v.size)
+    key = k1 << 32 | k0
+    key -= (key >> 63) << 64  # as a signed int64
+    bounds = _bounds(tuple(f), torch.float64 if f64 else torch.float32, x.device)
+    m = torch.zeros(nblocks, dtype=torch.int64 if f64 else torch.int32, device=x.device)
+    grid = (-(-n // BLOCK),)
+    opts = dict(num_warps=4) if x.is_cuda else {}
+    if kind in (Kind.BLOCK_FLOAT, Kind.MX_FLOAT):
+        uniform = blocking == Block.PER_AXIS and inner % BLOCK == 0
+        absmax_kernel[grid](
+            xc, m, n, L, inner, G, v.size, BLOCKING=blocking, UNIFORM=uniform, F64=f64, BLOCK=BLOCK, **opts
+        )
+    bf16 = x.dtype == torch.bfloat16
+    if x.is_cuda:
+        opts["enable_fp_fusion"] = False  # a fused multiply-add rounds once where the reference rounds twice
+    quantize_kernel[grid](
+        xc, y.view(torch.int16) if bf16 else y, m, key, bounds, n, L, inner, G, v.size,
+        v.fl, v.wl, v.emin, v.emax, v.offset, v.man, v.femin,
+        KIND=kind, STOCH=bool(rounding), BLOCKING=blocking, SAT=bool(v.sat), F64=f64, BF16=bf16,
+        BLOCK=BLOCK, **opts,
+    )
+    return y

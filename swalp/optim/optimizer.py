@@ -1,0 +1,297 @@
+"""``LowPrecisionOptimizer``: any torch optimizer, with SWALP's rounding around its step.
+
+One step (arXiv 1904.11943, Algorithm 1, with the reference code's momentum), for every
+parameter that has a gradient:
+
+1. ``g = Q_G(grad)`` (before the wrapped optimizer sees it; inside the closure too).
+2. The wrapped optimizer's own step, in the parameter's dtype, on the accumulator ``a``.
+   For ``torch.optim.SGD(momentum=0.9, weight_decay=wd)`` that is
+   ``m = 0.9 m + g + wd a; a = a - lr m``.
+3. ``a = Q_ACC(a)``; ``w = Q_W(a)``; each optimizer state buffer ``s = Q_S(s)``.
+
+With ``acc == weight`` the parameter *is* the accumulator: no full-precision copy of the
+weights exists between steps. Otherwise the accumulator lives in this wrapper's state and
+the parameter holds ``Q_W(a)``.
+
+State buffer formats (``state_formats`` overrides any key):
+
+* first moments (``momentum_buffer``, ``exp_avg``, ``grad_avg``, and any other floating
+  buffer of the parameter's shape): ``recipe.momentum``.
+* second moments (``exp_avg_sq``, ``max_exp_avg_sq``, ``square_avg``, ``sum``,
+  ``acc_delta``, ``exp_inf``, Rprop's ``step_size``): full precision. These hold
+  squared gradients, whose dynamic range is the square of the gradients': with one
+  exponent per row or tensor most entries round to 0 or one grid step, and the update
+  ``g / (sqrt(v) + eps)`` divides by ``eps`` wherever ``v`` rounds to 0. Even unbiased
+  rounding of ``v`` biases the step, since ``1/sqrt`` is convex. Pass
+  ``state_formats={"exp_avg_sq": BFLOAT16}`` to study a float format (an exponent per
+  element: relative error only).
+* counters (``step``, ``mu_product``, ``eta``, ``mu``): never rounded.
+
+Seeds: every stochastic rounding uses a seed that depends only on (``seed``, step count,
+parameter index, role), so ``torch.manual_seed`` repeats a run (a ``seed=None`` is drawn
+from torch's generator once, at construction) and a resume from ``state_dict()`` is
+bit-identical. Per-parameter formats follow :func:`swalp.recipes.param_format`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .._rng import chain_seed, check_seed, derive_seed, draw_seed
+from ..formats import Format
+from ..ops._dispatch import dispatch, dispatch_many_
+from ..recipes import Recipe, get_recipe, param_format
+
+SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "exp_inf", "step_size")
+# Counters and scalars that may be tensors (of a 0-D parameter's shape, even): never rounded.
+SCALARS = ("step", "mu_product", "eta", "mu")
+
+# Roles in the per-tensor seed; the numbers are part of the run's definition.
+_INIT, _GRAD, _ACC, _WEIGHT, _STATE = 1, 2, 3, 4, 5
+
+_PARAM_FORMATS: dict = {}  # (id(fmt), ndim) -> (fmt, its format for such tensors)
+
+
+def _param_format(fmt: Format, x: Tensor) -> Format:
+    """:func:`param_format`, remembered per (format, number of dimensions): it is called for
+    every parameter at every step, and builds a new format object where it changes one."""
+    key = (id(fmt), x.dim())  # by identity, as swalp/ops/_schema.py pack: the recipe's formats live on
+    hit = _PARAM_FORMATS.get(key)
+    if hit is None or hit[0] is not fmt:
+        if len(_PARAM_FORMATS) > 1024:
+            _PARAM_FORMATS.clear()
+        hit = _PARAM_FORMATS[key] = (fmt, param_format(fmt, x))
+    return hit[1]
+
+
+class LowPrecisionOptimizer(Optimizer):
+    """Wrap ``optimizer`` so that gradients, weights, accumulator and state are rounded.
+
+    Args:
+        optimizer: a constructed torch optimizer (SGD, AdamW, ...). Its param groups and
+            state are shared, so LR schedulers and ``param_groups`` edits work as usual.
+        recipe: a :class:`~swalp.recipes.Recipe` or a recipe name (uses ``weight``,
+            ``grad``, ``momentum``, ``acc`` and ``rounding``).
+        seed: base seed of every rounding; None draws one from torch's generator.
+        state_formats: ``{state key: format or None}``, overriding the defaults above.
+
+    The initial weights are quantized at construction (``w = Q_W(a)``, ``a = Q_ACC(p)``),
+    so the first forward already uses low-precision weights. Parameters without a
+    gradient are skipped by a step. ``step(closure)`` quantizes the gradients the closure
+    produces each time it is called (so LBFGS-style re-evaluation works).
+
+    Example:
+        >>> import torch, swalp
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> net = torch.nn.Linear(4, 2)
+        >>> opt = swalp.LowPrecisionOptimizer(
+        ...     torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4), "paper")
+        >>> net(torch.randn(8, 4)).square().mean().backward()
+        >>> opt.step(); opt.zero_grad()
+
+    Caveat: the wrapped optimizer's arithmetic runs in the parameters' dtype (fp32 in
+    general); only what is stored between steps is low precision.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        recipe: Recipe | str,
+        seed: int | None = None,
+        state_formats: dict[str, Format | None] | None = None,
+    ):
+        # Deliberately not Optimizer.__init__: the param groups and state are the wrapped
+        # optimizer's own objects. Subclassing keeps isinstance(x, Optimizer) true, which
+        # torch's LR schedulers require.
+        if not isinstance(optimizer, Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(optimizer, LowPrecisionOptimizer):
+            raise ValueError("optimizer is already a LowPrecisionOptimizer; wrap the torch optimizer once")
+        self.optimizer = optimizer
+        self.recipe = get_recipe(recipe)
+        self.seed = draw_seed() if seed is None else check_seed(seed)
+        self.state_formats = dict(state_formats or {})
+        self.steps = 0
+        self._prefix = (None, 0)  # ((seed, steps), derive_seed(seed, steps)), see _seed
+        self.acc: dict[Tensor, Tensor] = {}  # only when the accumulator differs from the weights
+        self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
+        with torch.no_grad():
+            for i, p in enumerate(self._params()):
+                self._store(i, p, p.detach().clone(), _INIT)
+
+    # --- delegation --------------------------------------------------------------------
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @property
+    def defaults(self) -> dict:
+        return self.optimizer.defaults
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group to the wrapped optimizer and quantize its initial weights."""
+        first = len(self._params())
+        self.optimizer.add_param_group(param_group)
+        with torch.no_grad():
+            for i, p in enumerate(self._params()[first:], start=first):
+                self._store(i, p, p.detach().clone(), _INIT)
+
+    # Optimizer pickles only (defaults, state, param_groups); this object is its __dict__,
+    # less the `step` an LR scheduler patches onto the instance (it points at this one).
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("step", "_opt_called")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_prefix", (None, 0))  # pickled before _prefix existed
+
+    def __repr__(self) -> str:
+        return f"LowPrecisionOptimizer({self.optimizer!r},\n  recipe={self.recipe!r}, seed={self.seed})"
+
+    # --- quantization ------------------------------------------------------------------
+
+    def _params(self) -> list[Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _q(self, x: Tensor, fmt: Format | None, i: int, role: int, sub: int = 0) -> Tensor:
+        if fmt is None:
+            return x
+        # formats, rounding and seed come from the checked recipe: no need to check them again
+        seed = chain_seed(self._seed(), (i, role, sub))
+        return dispatch(x, _param_format(fmt, x), self.recipe.rounding, seed)
+
+    def _seed(self) -> int:
+        """``derive_seed(self.seed, self.steps)``, computed once a step: the seed of tensor
+        ``(i, role, sub)`` is ``chain_seed(self._seed(), (i, role, sub))``."""
+        if self._prefix[0] != (self.seed, self.steps):
+            self._prefix = ((self.seed, self.steps), derive_seed(self.seed, self.steps))
+        return self._prefix[1]
+
+    def _store(self, i: int, p: Tensor, a: Tensor, role: int) -> None:
+        """Round the new accumulator value ``a`` and write ``p = Q_W(Q_ACC(a))``."""
+        r = self.recipe
+        a = self._q(a, r.acc, i, role, 0)
+        if r.weight is None or r.acc == r.weight:
+            # The accumulator is the parameter: rounding again to the same grid is a no-op.
+            p.copy_(a)
+            self.acc.pop(p, None)
+        else:
+            self.acc[p] = a.clone() if r.acc is None else a  # unrounded `a` may alias p
+            p.copy_(self._q(a, r.weight, i, role, 1))
+
+    def _quantize_grads(self, call: int) -> None:
+        if self.recipe.grad is None:
+            return
+        jobs = []
+        for i, p in enumerate(self._params()):
+            if p.grad is not None:
+                if p.grad.is_sparse:
+                    raise ValueError("sparse gradients are not supported by LowPrecisionOptimizer")
+                jobs.append((p.grad, self.recipe.grad, (i, _GRAD, call)))
+        self._q_many_(jobs)
+
+    def _q_many_(self, jobs: list[tuple]) -> None:
+        """In place, ``x.copy_(self._q(x, fmt, i, role, sub))`` for each ``(x, fmt, (i, role, sub))``
+        with a format, in one kernel call where the backend allows (the C++ one on CPU)."""
+        jobs = [job for job in jobs if job[1] is not None]
+        if jobs:
+            xs, fmts, keys = zip(*jobs)
+            z = self._seed()
+            fmts = [_param_format(fmt, x) for x, fmt in zip(xs, fmts)]
+            dispatch_many_(list(xs), fmts, self.recipe.rounding, [chain_seed(z, k) for k in keys])
+
+    def state_format(self, key: str) -> Format | None:
+        """The format of optimizer state buffer ``key`` (module docstring)."""
+        if key in self.state_formats:
+            return self.state_formats[key]
+        return None if key in SECOND_MOMENTS else self.recipe.momentum
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None):
+        """Quantize gradients, take the wrapped step, round weights and state; returns the loss."""
+        for hook in list(self._optimizer_step_pre_hooks.values()):
+            hook(self, (), {})
+        self.steps += 1
+        calls = [0]
+
+        def quantized_closure():
+            with torch.enable_grad():
+                loss = closure()
+            calls[0] += 1
+            self._quantize_grads(calls[0])
+            return loss
+
+        params = self._params()
+        for p in params if self.acc else ():  # the wrapped step updates the accumulator, not Q_W(a)
+            if p in self.acc:
+                p.copy_(self.acc[p])
+        if closure is None:
+            self._quantize_grads(0)
+            loss = self.optimizer.step()
+        else:
+            loss = self.optimizer.step(quantized_closure)
+        r = self.recipe
+        acc_is_p = r.weight is None or r.acc == r.weight  # as in _store
+        jobs = []  # rounded in place, together: each one depends only on its own tensor and seed
+        for i, p in enumerate(params):
+            if p.grad is None:
+                if p in self.acc:
+                    p.copy_(self._q(self.acc[p], r.weight, i, _WEIGHT))
+                continue
+            if acc_is_p:  # _store, with the accumulator in p
+                jobs.append((p, r.acc, (i, _ACC, 0)))
+                if self.acc:
+                    self.acc.pop(p, None)
+            else:
+                self._store(i, p, p.detach(), _ACC)
+            for j, (key, s) in enumerate(sorted(self.optimizer.state[p].items())):
+                if isinstance(s, Tensor) and s.is_floating_point() and s.shape == p.shape and key not in SCALARS:
+                    jobs.append((s, self.state_format(key), (i, _STATE, j)))
+        self._q_many_(jobs)
+        for hook in list(self._optimizer_step_post_hooks.values()):
+            hook(self, (), {})
+        return loss
+
+    # --- checkpoints -------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The wrapped optimizer's state dict plus ``"swalp"``: seed, step count, accumulators."""
+        params = self._params()
+        acc = {i: self.acc[p].clone() for i, p in enumerate(params) if p in self.acc}
+        return {**self.optimizer.state_dict(), "swalp": {"seed": self.seed, "steps": self.steps, "acc": acc}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a :meth:`state_dict`; later steps are bit-identical to the saved run's."""
+        if "swalp" not in state_dict:
+            raise ValueError("not a LowPrecisionOptimizer state dict (no 'swalp' entry); "
+                             "load a plain torch state dict with .optimizer.load_state_dict")  # fmt: skip
+        sw = state_dict["swalp"]
+        inner = {k: v for k, v in state_dict.items() if k != "swalp"}
+        self.optimizer.load_state_dict(inner)
+        self.seed, self.steps = check_seed(sw["seed"]), int(sw["steps"])
+        params = self._params()
+        self.acc = {}
+        for i, a in sw["acc"].items():
+            i = int(i)
+            if not 0 <= i < len(params) or a.shape != params[i].shape:
+                raise ValueError(f"accumulator {i} does not match the optimizer's parameters")
+            self.acc[params[i]] = a.detach().to(params[i].device, params[i].dtype).clone()
