@@ -1,6 +1,6 @@
 """Check the Triton quantization kernels against the reference bit for bit, then time them.
 
-One prepared script for a machine with a CUDA GPU (issue 5, item 7):
+One prepared script for a machine with a CUDA GPU:
 
 1. Correctness: every format below, both roundings, float32/float64/float16/bfloat16,
    odd and non-contiguous shapes with NaN, +-inf, +-0 and subnormals in them:
@@ -8,8 +8,8 @@ One prepared script for a machine with a CUDA GPU (issue 5, item 7):
    bit for bit; then one 2^28-element tensor against the reference on the GPU.
 2. Speed: 2^28 float32 elements, ``swalp.quantize(x, fmt, rounding, backend="triton")``
    against a device-to-device copy ``y.copy_(x)`` of the same tensor (CUDA events, median
-   of ``--repeats`` after a warm-up). ratio = copy time / quantize time; the issue's GPU
-   target is >= 0.5 for stochastic BFP8.
+   of ``--repeats`` after a warm-up). ratio = copy time / quantize time; our GPU target
+   is >= 0.5 for stochastic BFP8.
 
     python benchmarks/gpu_quantize.py                          # check, then time
     python benchmarks/gpu_quantize.py --json gpu.json --repeats 50

@@ -6,7 +6,7 @@ is measured under the same machine load. The quantize time is the median of
 ``--repeats`` runs after one warm-up run; the mul time the median of 3 per repeat.
 
     ratio_to_mul = throughput of quantize / throughput of torch.mul(x, 2, out=y)
-                 (1 means as fast as one multiply, 0.5 half as fast; the issue's targets
+                 (1 means as fast as one multiply, 0.5 half as fast; our targets
                  are >= 0.5 for stochastic rounding and >= 0.7 for nearest)
 
 Usage:

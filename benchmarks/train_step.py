@@ -5,10 +5,10 @@ For each model it builds two copies from the same seed: a plain PyTorch one trai
 (``swalp.quantize_model(model, recipe)`` + ``swalp.LowPrecisionOptimizer``), then times
 whole steps (forward, cross-entropy, zero_grad, backward, optimizer step), alternating
 FP32 and low-precision steps so that both see the same machine load. It reports the
-median of ``--steps`` steps after ``--warmup`` warm-up steps, and their ratio (the
-issue's target: at most 1.3).
+median of ``--steps`` steps after ``--warmup`` warm-up steps, and their ratio (our
+target: at most 1.3).
 
-Models (issue 5, item 6):
+Models:
 * ``cnn1d``: the default MNIST-1D model, batch 100 of real MNIST-1D examples
   (generated locally by mnist1d, no download);
 * ``vgg16``: VGG-16 at CIFAR size, batch 128 of random 3x32x32 images.

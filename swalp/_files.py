@@ -10,7 +10,7 @@ Not public.
 Example:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "hello.txt"
-    >>> atomic_write_text(path, "hi\\n"); path.read_text()
+    >>> _ = atomic_write_text(path, "hi\\n"); path.read_text()
     'hi\\n'
 """
 

@@ -30,6 +30,12 @@ from typing import Union
 
 from ._checks import check_int
 
+__all__ = [
+    "BFLOAT16", "FLOAT16", "FORMAT_TYPES", "FP8_E4M3", "FP8_E5M2", "MXFP4_E2M1", "MXFP6_E2M3", "MXFP6_E3M2",
+    "MXFP8_E4M3", "MXFP8_E5M2", "MXINT8", "PRESETS", "BlockFloat", "Blocking", "FixedPoint", "FloatFormat",
+    "Format", "MXFloat", "PerAxis", "PerGroup", "PerTensor", "Rounding", "get_format",
+]  # fmt: skip
+
 
 class Rounding(str, enum.Enum):
     """How a value between two grid points picks one of them.

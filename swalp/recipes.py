@@ -42,6 +42,8 @@ from .formats import (
     get_format,
 )
 
+__all__ = ["RECIPES", "ROLES", "Recipe", "get_recipe", "param_format"]
+
 ROLES = ("weight", "activation", "error", "grad", "momentum", "acc")
 
 

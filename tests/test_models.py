@@ -11,7 +11,7 @@ from swalp.nn import quantize_model
 from swalp.models import MODELS, build_model, preresnet164, resnet18, vgg16
 from swalp.recipes import Recipe
 
-# Reference counts: the figures for 10 (1000) classes; 100 classes adds 90 x (fan-in + 1).
+# Reference counts: the reference code's networks for 10 (1000) classes; 100 classes adds 90 x (fan-in + 1).
 PARAMS = [
     ("vgg16", 10, (3, 32, 32), 15_245_130),
     ("vgg16", 100, (3, 32, 32), 15_245_130 + 90 * 513),

@@ -11,6 +11,8 @@ import sys
 
 from . import compare, demo, reproduce, train
 
+__all__ = ["build_parser", "main"]
+
 COMMANDS = [demo, train, compare, reproduce]
 
 

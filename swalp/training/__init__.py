@@ -10,8 +10,8 @@ Example:
     >>> from swalp.training import TrainConfig, start, fit
     >>> run = start(TrainConfig(data="digits", epochs=2, budget=1, limit_train=64, out="/tmp/swalp-run"), log=None)
     >>> summary = fit(run, progress=False, log=None)
-    >>> run.epoch, run.average.n_averaged
-    (2, 1)
+    >>> run.epoch, run.average.n_averaged  # averaged at the end of epochs 1 and 2
+    (2, 2)
 """
 
 from .checkpoint import load_checkpoint

@@ -104,8 +104,8 @@ class RunSpec:
 def one_thread():
     """Run torch ops on one thread, then restore the setting.
 
-    The runner's tensors are tiny (thousands of elements): on a shared 2-core machine,
-    intra-op threads made a step 20x slower (19 s against 0.9 s for the quick linreg).
+    The runner's tensors are tiny (thousands of elements): intra-op threads only add
+    synchronisation, which on a busy machine costs more than the work itself.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
