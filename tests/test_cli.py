@@ -150,6 +150,6 @@ def test_compare_in_two_processes_matches_one(tmp_path):
     one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
     assert one == two
     with pytest.raises(ValueError, match="--jobs must be an integer >= 1"):
-        from swalp.compare import compare
-        from swalp.train import TrainConfig
+        from swalp.experiments import compare
+        from swalp.training import TrainConfig
         compare(TrainConfig(data="digits"), jobs=0, out=str(tmp_path / "x"))

@@ -1,0 +1,39 @@
+"""Each benchmark runs end to end with tiny arguments (figures themselves come from the
+commands in the README, not from tests)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script, *args, timeout=180):
+    return subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_quantize_benchmark_writes_a_record_per_format_and_rounding(tmp_path):
+    out = run("quantize.py", "--numel", "4096", "--formats", "bfp8_row", "fixed8", "--rounding", "stochastic",
+              "--backend", "cpp", "--threads", "1", "--repeats", "1", "--json", str(tmp_path / "q.json"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = json.loads((tmp_path / "q.json").read_text())
+    rows = records["results"] if isinstance(records, dict) else records
+    assert len(rows) == 2 and all(r["ratio_to_mul"] > 0 for r in rows)
+
+
+def test_train_step_benchmark_times_both_recipes(tmp_path):
+    out = run("train_step.py", "--models", "cnn1d", "--steps", "2", "--warmup", "1", "--threads", "1",
+              "--json", str(tmp_path / "t.json"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = (tmp_path / "t.json").read_text()
+    assert "cnn1d" in text and "ratio" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: run benchmarks/gpu_quantize.py itself")
+def test_gpu_quantize_benchmark_skips_without_a_gpu():
+    out = run("gpu_quantize.py")
+    assert out.returncode == 77 and "no CUDA device" in out.stdout
