@@ -102,16 +102,3 @@ def test_model_defaults_and_registry_errors():
         build_model("resnet9000", 10, (1, 40))
     with pytest.raises(ValueError, match="no default model for data set 'xyz'"):
         default_model("xyz")
-
-
-def test_cache_dir_precedence(tmp_path, monkeypatch):
-    from pathlib import Path
-
-    from swalp._files import cache_dir
-
-    monkeypatch.delenv("SWALP_CACHE_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache_dir() == tmp_path / "xdg" / "swalp"
-    monkeypatch.setenv("SWALP_CACHE_DIR", str(tmp_path / "mine"))
-    assert cache_dir() == tmp_path / "mine"
-    assert cache_dir(tmp_path / "d") == Path(tmp_path / "d")
