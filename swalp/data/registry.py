@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .._checks import check_choice
 from .bundle import DataBundle
 from .cifar import load_cifar10, load_cifar100
 from .embedded import load_digits, load_mnist1d
@@ -44,6 +45,5 @@ def load_data(name: str, data_dir=None, download: bool = False, seed: int = 0) -
     Raises:
         ValueError: ``name`` is not registered (the message lists the names that are).
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; accepted: {', '.join(map(repr, sorted(DATASETS)))}")
+    check_choice("data set", name, sorted(DATASETS))
     return DATASETS[name](data_dir=data_dir, download=download, seed=seed)

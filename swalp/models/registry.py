@@ -18,6 +18,7 @@ from typing import Callable
 
 from torch import nn
 
+from .._checks import check_choice
 from . import preresnet, resnet, small, vgg
 
 # Keys a defaults dict may hold; they are TrainConfig fields of the same name.
@@ -63,8 +64,7 @@ def register_model(name: str, spec: ModelSpec, default_for: tuple[str, ...] = ()
 
 
 def _spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; accepted: {', '.join(map(repr, sorted(MODELS)))}")
+    check_choice("model", name, sorted(MODELS))
     return MODELS[name]
 
 

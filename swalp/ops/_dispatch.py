@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .._checks import check_choice
 from .._rng import check_seed, draw_seed
 from ..formats import FORMAT_TYPES, Format, Rounding, get_format
 from ._reference import axis_index, round_to_grid
@@ -75,8 +76,7 @@ def pick_backend(name: str | None, x: Tensor, fmt: Format) -> Backend:
             if b.supports(x, fmt):
                 return b
         return _BACKENDS["reference"]
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; accepted: 'auto', {', '.join(map(repr, backends()))}")
+    check_choice("backend", name, ("auto", *backends()))
     backend = _BACKENDS[name]
     if not backend.supports(x, fmt):
         raise ValueError(f"backend {name!r} does not support {fmt!r} on a {x.device.type} {x.dtype} tensor")

@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from .._checks import check_choice
+
 
 def place_dataset(dataset: Dataset, device: torch.device, on_device: bool | str = "auto",
                   max_fraction: float = 0.25) -> Dataset:
@@ -52,8 +54,7 @@ def place_dataset(dataset: Dataset, device: torch.device, on_device: bool | str 
     Raises:
         ValueError: ``on_device`` is not True, False or "auto".
     """
-    if on_device not in (True, False, "auto"):
-        raise ValueError(f"on_device must be True, False or 'auto', got {on_device!r}")
+    check_choice("on_device", on_device, (True, False, "auto"))
     device = torch.device(device)
     if device.type != "cuda" or not isinstance(dataset, TensorDataset) or on_device is False:
         return dataset

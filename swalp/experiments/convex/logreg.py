@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
+from ..._checks import check_choice
 from ...data.mnist import load_mnist_arrays
 from .common import Problem, RunSpec, fixed_format, lookup, one_thread, run_methods, slopes
 
@@ -55,8 +56,7 @@ class LogRegConfig:
     tol: float = 1e-10
 
     def __post_init__(self):
-        if self.data not in DATASETS:
-            raise ValueError(f"unknown data {self.data!r}; accepted: {', '.join(map(repr, DATASETS))}")
+        check_choice("data", self.data, DATASETS)
         if self.data == "mnist" and not self.data_dir:
             raise ValueError("--data mnist needs --data-dir (a folder with the MNIST IDX files)")
         if not self.lam > 0:
