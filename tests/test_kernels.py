@@ -168,9 +168,9 @@ def test_results_do_not_depend_on_threads():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = swalp.quantize(x, fmt, seed=9, backend="cpp")
+        one = swalp.quantize(x, fmt, "stochastic", seed=9, backend="cpp")
         torch.set_num_threads(max(2, threads))
-        many = swalp.quantize(x, fmt, seed=9, backend="cpp")
+        many = swalp.quantize(x, fmt, "stochastic", seed=9, backend="cpp")
     finally:
         torch.set_num_threads(threads)
     assert_bitwise(one, many)
@@ -270,7 +270,7 @@ def test_quantizer_cpp_autograd_node_registration_and_modes():
         with mode():
             y = q(x)
         torch.manual_seed(3)
-        assert_bitwise(y, swalp.quantize(x.detach(), BlockFloat(8), backend="reference"))
+        assert_bitwise(y, swalp.quantize(x.detach(), BlockFloat(8), "stochastic", backend="reference"))
     packed = [_schema.pack(x, f, swalp.Rounding.NEAREST, None)[:3] for f in (BlockFloat(8), FixedPoint(8, 4))]
     torch.library.opcheck(torch.ops.swalp.quantize_ste.default, (x.detach(), *packed[0], *packed[1], 1),
                           test_utils=("test_schema", "test_faketensor"))  # fmt: skip
@@ -283,9 +283,9 @@ def test_no_compiler_falls_back_to_the_reference_with_one_warning(tmp_path):
         x = torch.randn(100)
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
-            a = swalp.quantize(x, "bfp8", seed=3)
-            b = swalp.quantize(x, "bfp8", seed=3)
-        ref = swalp.quantize(x, "bfp8", seed=3, backend="reference")
+            a = swalp.quantize(x, "bfp8", "stochastic", seed=3)
+            b = swalp.quantize(x, "bfp8", "stochastic", seed=3)
+        ref = swalp.quantize(x, "bfp8", "stochastic", seed=3, backend="reference")
         msgs = [str(m.message) for m in w if "C++" in str(m.message)]
         print(len(msgs), torch.equal(a, ref) and torch.equal(b, ref), msgs[0] if msgs else "")
         """

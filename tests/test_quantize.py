@@ -762,3 +762,35 @@ def test_property_idempotent_and_prefix_stable(fmt, log_scale, n, seed):
         full = q(x, fmt, "stochastic", seed=seed)
         k = n // 2
         assert torch.equal(q(x[:k], fmt, "stochastic", seed=seed), full[:k])
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_quantize_is_differentiable_with_a_straight_through_gradient(rounding):
+    """Forward: the rounded values; backward: the incoming gradient, unchanged."""
+    w = torch.tensor([0.3, -1.7, 5.0, 0.126], requires_grad=True)
+    y = swalp.quantize(w, FixedPoint(4, 2), rounding, seed=1)
+    assert y.grad_fn is not None
+    assert torch.equal(y.detach(), swalp.quantize(w.detach(), FixedPoint(4, 2), rounding, seed=1))
+    (y * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert w.grad.tolist() == [1.0, 2.0, 3.0, 4.0]  # saturated 5.0 included: straight through
+
+
+def test_a_layer_that_quantizes_its_own_weight_trains():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(3, 4))
+    x = torch.randn(8, 4)
+    before = weight.detach().clone()
+    opt = torch.optim.SGD([weight], lr=0.1)
+    (x @ swalp.quantize(weight, "bfp8").t()).square().mean().backward()
+    opt.step()
+    assert weight.grad is not None and not torch.equal(weight.detach(), before)
+
+
+def test_quantize_defaults_to_nearest_and_needs_no_grad_inside_no_grad():
+    x = torch.tensor([0.3, 0.6], requires_grad=True)
+    assert torch.equal(swalp.quantize(x, FixedPoint(4, 1)).detach(), torch.tensor([0.5, 0.5]))  # nearest: no randomness
+    with torch.no_grad():
+        assert swalp.quantize(x, FixedPoint(4, 1)).grad_fn is None

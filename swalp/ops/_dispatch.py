@@ -86,7 +86,7 @@ def pick_backend(name: str | None, x: Tensor, fmt: Format) -> Backend:
 def quantize(
     x: Tensor,
     fmt: Format | str,
-    rounding: Rounding | str = "stochastic",
+    rounding: Rounding | str = "nearest",
     seed: int | None = None,
     *,
     backend: str | None = None,
@@ -97,7 +97,8 @@ def quantize(
         x: a float16, bfloat16, float32 or float64 tensor of any shape (empty too).
         fmt: a format (:class:`FixedPoint`, :class:`BlockFloat`, :class:`FloatFormat`,
             :class:`MXFloat`) or a preset name such as ``"e4m3"`` or ``"mxint8"``.
-        rounding: ``"stochastic"`` (unbiased) or ``"nearest"`` (half to even).
+        rounding: ``"nearest"`` (half to even; the default, as torch's casts) or
+            ``"stochastic"`` (unbiased; what SWALP's training uses).
         seed: for stochastic rounding: element ``i`` (row-major in ``x``'s shape) gets
             random bits that depend only on ``(seed, i)``, whatever the backend or the
             number of threads. ``None`` draws a seed from torch's global generator.
@@ -106,6 +107,9 @@ def quantize(
 
     Returns:
         A tensor of ``x``'s shape, dtype and device (contiguous), every value on the grid.
+        Differentiable: where ``x`` requires grad, the gradient passes through unchanged
+        (the straight-through estimator, as QPyTorch's and torchao's casts), so
+        ``w_q = quantize(self.weight, fmt)`` in a layer trains ``self.weight``.
         Out-of-range values saturate; NaN stays NaN without spreading to its block;
         +-inf saturate to the largest value of their block (or to inf for a
         ``FloatFormat(saturate=False)``).
@@ -132,7 +136,21 @@ def quantize(
     block = getattr(fmt, "block", None)
     if block is not None and hasattr(block, "axis") and x.dim() > 0:
         axis_index(block.axis, x.dim())
+    if x.requires_grad and torch.is_grad_enabled():
+        return _StraightThrough.apply(x, fmt, rounding, seed, backend)
     return dispatch(x, fmt, rounding, seed, backend)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """:func:`quantize`'s autograd: round going forward, the identity going back."""
+
+    @staticmethod
+    def forward(ctx, x, fmt, rounding, seed, backend):
+        return dispatch(x, fmt, rounding, seed, backend)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None, None
 
 
 def dispatch(x: Tensor, fmt: Format, rounding: Rounding, seed: int | None, backend: str | None = None) -> Tensor:

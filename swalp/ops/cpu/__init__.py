@@ -12,7 +12,8 @@ Example:
     >>> import torch
     >>> from swalp.ops import quantize
     >>> x = torch.randn(1000)
-    >>> torch.equal(quantize(x, "bfp8", seed=0, backend="cpp"), quantize(x, "bfp8", seed=0, backend="reference"))
+    >>> a = quantize(x, "bfp8", "stochastic", seed=0, backend="cpp")
+    >>> torch.equal(a, quantize(x, "bfp8", "stochastic", seed=0, backend="reference"))
     True
 """
 
