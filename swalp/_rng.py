@@ -75,13 +75,23 @@ def check_seed(seed) -> int:
 _local = threading.local()
 
 
-def draw_seed() -> int:
-    """A seed from torch's global generator, so ``torch.manual_seed`` repeats a run.
+def check_generator(generator) -> torch.Generator | None:
+    """``generator`` if it is a ``torch.Generator`` or None; ValueError otherwise."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
 
-    The value of ``int(torch.randint(0, 2**62, ()))``, drawn into a reused (per-thread)
-    tensor: allocating a one-element tensor and reading it back with ``.item()`` costs
-    more than the draw itself in a training step.
+
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """A seed from ``generator``, or else from torch's global generator (so
+    ``torch.manual_seed`` repeats a run).
+
+    The value of ``int(torch.randint(0, 2**62, (), generator=generator))``; from the global
+    generator it is drawn into a reused (per-thread) tensor: allocating a one-element tensor
+    and reading it back with ``.item()`` costs more than the draw itself in a training step.
     """
+    if generator is not None:
+        return int(torch.empty((), dtype=torch.int64).random_(0, 2**62, generator=generator))
     buf = getattr(_local, "seed", None)
     if buf is None:
         t = torch.empty((), dtype=torch.int64)

@@ -11,6 +11,7 @@ from swalp.ops._reference import block_absmax, floor_log2
 from swalp._rng import derive_seed
 from swalp.optim.optimizer import _ACC, _GRAD, _INIT, _STATE
 from swalp.recipes import param_format
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 LR, MOM, WD = 0.1, 0.9, 5e-4
 
@@ -225,3 +226,104 @@ def test_errors():
         opt.load_state_dict(opt.optimizer.state_dict())
     with pytest.raises(ValueError, match="seed"):
         LowPrecisionOptimizer(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), "paper", seed=-1)
+
+
+# ----------------------------------------------------------------------------- the torch Optimizer contract
+
+
+def test_every_hook_kind_fires():
+    net, opt = net_and_opt()
+    seen = []
+    handles = [
+        opt.register_step_pre_hook(lambda o, a, k: seen.append("step_pre")),
+        opt.register_step_post_hook(lambda o, a, k: seen.append("step_post")),
+        register_optimizer_step_pre_hook(lambda o, a, k: seen.append(f"global_pre {type(o).__name__}")),
+        register_optimizer_step_post_hook(lambda o, a, k: seen.append(f"global_post {type(o).__name__}")),
+        opt.register_state_dict_pre_hook(lambda o: seen.append("sd_pre")),
+        opt.register_state_dict_post_hook(lambda o, sd: {**sd, "tag": 1}),
+        opt.register_load_state_dict_pre_hook(lambda o, sd: (seen.append("load_pre"), {k: v for k, v in sd.items() if k != "tag"})[1]),
+        opt.register_load_state_dict_post_hook(lambda o: seen.append("load_post")),
+    ]
+    try:
+        train(net, opt, 1)
+        sd = opt.state_dict()
+        assert sd["tag"] == 1  # a post hook may replace the state dict
+        opt.load_state_dict(sd)  # the pre hook removed "tag" again
+    finally:
+        for h in handles:
+            h.remove()
+    # the global hooks see both optimizers step: the wrapper, and the torch optimizer inside it
+    assert seen == ["global_pre LowPrecisionOptimizer", "step_pre", "global_pre SGD", "global_post SGD", "step_post",
+                    "global_post LowPrecisionOptimizer", "sd_pre", "load_pre", "load_post"]
+
+
+@pytest.mark.parametrize("recipe", ["paper", ACC8])
+def test_a_frozen_parameter_never_changes(recipe):
+    net, opt = net_and_opt(recipe)
+    net[0].weight.requires_grad_(False)
+    frozen = net[0].weight.detach().clone()
+    train(net, opt, 3)
+    assert torch.equal(net[0].weight, frozen)
+    assert not torch.equal(net[2].weight, net_and_opt(recipe)[0][2].weight)  # the others trained
+
+
+@pytest.mark.parametrize("make", [
+    lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+    lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.2, total_steps=5),
+    lambda opt: torch.optim.swa_utils.SWALR(opt, swa_lr=0.01, anneal_epochs=3),
+])
+def test_torch_lr_schedulers_drive_it(make):
+    net, opt = net_and_opt()
+    sched = make(opt)
+    lrs = []
+    for k in range(3):
+        train(net, opt, 1, start=k)
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert len(set(lrs)) == 3 and opt.optimizer.param_groups[0]["lr"] == lrs[-1]
+
+
+def test_grad_scaler_and_clip_grad_norm_before_step():
+    net, opt = net_and_opt()
+    twin_net, twin_opt = net_and_opt()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x, y = data()
+    for model, o, scaled in ((net, opt, True), (twin_net, twin_opt, False)):
+        o.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        if scaled:
+            scaler.scale(loss).backward()
+            scaler.unscale_(o)
+        else:
+            loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.05)
+        assert norm > 0.05  # the clip did act
+        scaler.step(o) if scaled else o.step()
+    scaler.update()
+    for a, b in zip(net.parameters(), twin_net.parameters()):  # 1024 is exact: the same step
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_state_dict_records_the_recipe_and_refuses_another():
+    _, opt = net_and_opt("paper")
+    sd = opt.state_dict()
+    assert sd["swalp"]["recipe"]["name"] == "paper"
+    _, other = net_and_opt(get_recipe("paper", bits=6))
+    with pytest.raises(ValueError, match=r"saved under recipe 'paper'.*weight: .*wl=8.* -> .*wl=6"):
+        other.load_state_dict(sd)
+
+
+def test_building_leaves_the_global_generator_untouched_and_generator_draws_the_seed():
+    net = nn.Linear(4, 2)
+    before = torch.get_rng_state()
+    LowPrecisionOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "paper", seed=3)
+    LowPrecisionOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "fp32")
+    LowPrecisionOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), Recipe(weight=BlockFloat(8), rounding="nearest"))
+    g = torch.Generator().manual_seed(5)
+    a = LowPrecisionOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "paper", generator=g)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert a.seed == int(torch.empty((), dtype=torch.int64).random_(0, 2**62, generator=torch.Generator().manual_seed(5)))
+    LowPrecisionOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "paper")  # no seed: stochastic rounding draws one
+    assert not torch.equal(torch.get_rng_state(), before)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator or None, got int"):
+        LowPrecisionOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "paper", generator=5)

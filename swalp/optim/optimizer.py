@@ -28,22 +28,30 @@ State buffer formats (``state_formats`` overrides any key):
 * counters (``step``, ``mu_product``, ``eta``, ``mu``): never rounded.
 
 Seeds: every stochastic rounding uses a seed that depends only on (``seed``, step count,
-parameter index, role), so ``torch.manual_seed`` repeats a run (a ``seed=None`` is drawn
-from torch's generator once, at construction) and a resume from ``state_dict()`` is
-bit-identical. Per-parameter formats follow :func:`swalp.recipes.param_format`.
+parameter index, role), so a resume from ``state_dict()`` is bit-identical. Without a
+``seed``, one is drawn when the first stochastic rounding happens (at construction, which
+rounds the initial weights), from ``generator`` or else from torch's global generator (so
+``torch.manual_seed`` repeats a run); a nearest-rounding recipe never draws.
+Per-parameter formats follow :func:`swalp.recipes.param_format`.
+
+The torch Optimizer contract holds: step hooks (the instance's and the global ones),
+state-dict and load-state-dict hooks fire as torch fires them (global step hooks fire for
+the wrapped optimizer's step too: two optimizers step); LR schedulers, ``GradScaler`` and
+``clip_grad_norm_`` work on it; a parameter without a gradient never changes.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import chain
 from typing import Callable
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .._rng import chain_seed, check_seed, derive_seed, draw_seed
-from ..formats import Format
+from .._rng import chain_seed, check_generator, check_seed, derive_seed, draw_seed
+from ..formats import Format, Rounding
 from ..ops._dispatch import dispatch, dispatch_many_
 from ..recipes import Recipe, get_recipe, param_format
 
@@ -51,7 +59,8 @@ SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delt
 # Counters and scalars that may be tensors (of a 0-D parameter's shape, even): never rounded.
 SCALARS = ("step", "mu_product", "eta", "mu")
 
-# Roles in the per-tensor seed; the numbers are part of the run's definition.
+# Roles in the per-tensor seed; the numbers are part of the run's definition (_WEIGHT is
+# no longer drawn: a parameter without a gradient keeps its weight).
 _INIT, _GRAD, _ACC, _WEIGHT, _STATE = 1, 2, 3, 4, 5
 
 _PARAM_FORMATS: dict = {}  # (id(fmt), ndim) -> (fmt, its format for such tensors)
@@ -77,8 +86,9 @@ class LowPrecisionOptimizer(Optimizer):
             state are shared, so LR schedulers and ``param_groups`` edits work as usual.
         recipe: a :class:`~swalp.recipes.Recipe` or a recipe name (uses ``weight``,
             ``grad``, ``momentum``, ``acc`` and ``rounding``).
-        seed: base seed of every rounding; None draws one from torch's generator.
+        seed: base seed of every rounding; None draws one at the first stochastic rounding.
         state_formats: ``{state key: format or None}``, overriding the defaults above.
+        generator: where a missing seed is drawn from (default: torch's global generator).
 
     The initial weights are quantized at construction (``w = Q_W(a)``, ``a = Q_ACC(p)``),
     so the first forward already uses low-precision weights. Parameters without a
@@ -91,7 +101,7 @@ class LowPrecisionOptimizer(Optimizer):
         <torch._C.Generator object at ...>
         >>> net = torch.nn.Linear(4, 2)
         >>> opt = swalp.LowPrecisionOptimizer(
-        ...     torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4), "paper")
+        ...     torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4), "paper", seed=0)
         >>> net(torch.randn(8, 4)).square().mean().backward()
         >>> opt.step(); opt.zero_grad()
 
@@ -105,6 +115,8 @@ class LowPrecisionOptimizer(Optimizer):
         recipe: Recipe | str,
         seed: int | None = None,
         state_formats: dict[str, Format | None] | None = None,
+        *,
+        generator: torch.Generator | None = None,
     ):
         # Deliberately not Optimizer.__init__: the param groups and state are the wrapped
         # optimizer's own objects. Subclassing keeps isinstance(x, Optimizer) true, which
@@ -115,12 +127,13 @@ class LowPrecisionOptimizer(Optimizer):
             raise ValueError("optimizer is already a LowPrecisionOptimizer; wrap the torch optimizer once")
         self.optimizer = optimizer
         self.recipe = get_recipe(recipe)
-        self.seed = draw_seed() if seed is None else check_seed(seed)
+        self.seed = None if seed is None else check_seed(seed)
+        self._generator = check_generator(generator)
         self.state_formats = dict(state_formats or {})
         self.steps = 0
         self._prefix = (None, 0)  # ((seed, steps), derive_seed(seed, steps)), see _seed
         self.acc: dict[Tensor, Tensor] = {}  # only when the accumulator differs from the weights
-        self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()  # fired by Optimizer.profile_hook_step
         self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
         self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
         self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
@@ -157,8 +170,10 @@ class LowPrecisionOptimizer(Optimizer):
 
     # Optimizer pickles only (defaults, state, param_groups); this object is its __dict__,
     # less the `step` an LR scheduler patches onto the instance (it points at this one).
+    # A generator does not pickle; the seed it gave (drawn at construction when needed) does.
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("step", "_opt_called")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("step", "_opt_called")}
+        return {**state, "_generator": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -182,6 +197,8 @@ class LowPrecisionOptimizer(Optimizer):
     def _seed(self) -> int:
         """``derive_seed(self.seed, self.steps)``, computed once a step: the seed of tensor
         ``(i, role, sub)`` is ``chain_seed(self._seed(), (i, role, sub))``."""
+        if self.seed is None:  # the first rounding: draw only if it is stochastic
+            self.seed = draw_seed(self._generator) if self.recipe.rounding is Rounding.STOCHASTIC else 0
         if self._prefix[0] != (self.seed, self.steps):
             self._prefix = ((self.seed, self.steps), derive_seed(self.seed, self.steps))
         return self._prefix[1]
@@ -225,11 +242,10 @@ class LowPrecisionOptimizer(Optimizer):
             return self.state_formats[key]
         return None if key in SECOND_MOMENTS else self.recipe.momentum
 
+    @Optimizer.profile_hook_step  # torch's own wrapper: global and instance step hooks
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None):
         """Quantize gradients, take the wrapped step, round weights and state; returns the loss."""
-        for hook in list(self._optimizer_step_pre_hooks.values()):
-            hook(self, (), {})
         self.steps += 1
         calls = [0]
 
@@ -241,8 +257,10 @@ class LowPrecisionOptimizer(Optimizer):
             return loss
 
         params = self._params()
-        for p in params if self.acc else ():  # the wrapped step updates the accumulator, not Q_W(a)
+        weights = {}  # the wrapped step updates the accumulator, not Q_W(a); a frozen p gets Q_W(a) back
+        for p in params if self.acc else ():
             if p in self.acc:
+                weights[p] = p.detach().clone()
                 p.copy_(self.acc[p])
         if closure is None:
             self._quantize_grads(0)
@@ -254,8 +272,8 @@ class LowPrecisionOptimizer(Optimizer):
         jobs = []  # rounded in place, together: each one depends only on its own tensor and seed
         for i, p in enumerate(params):
             if p.grad is None:
-                if p in self.acc:
-                    p.copy_(self._q(self.acc[p], r.weight, i, _WEIGHT))
+                if p in weights:
+                    p.copy_(weights[p])
                 continue
             if acc_is_p:  # _store, with the accumulator in p
                 jobs.append((p, r.acc, (i, _ACC, 0)))
@@ -267,27 +285,50 @@ class LowPrecisionOptimizer(Optimizer):
                 if isinstance(s, Tensor) and s.is_floating_point() and s.shape == p.shape and key not in SCALARS:
                     jobs.append((s, self.state_format(key), (i, _STATE, j)))
         self._q_many_(jobs)
-        for hook in list(self._optimizer_step_post_hooks.values()):
-            hook(self, (), {})
         return loss
 
     # --- checkpoints -------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """The wrapped optimizer's state dict plus ``"swalp"``: seed, step count, accumulators."""
+        """The wrapped optimizer's state dict plus ``"swalp"``: seed, step count, accumulators
+        and the recipe. State-dict pre and post hooks fire as torch's."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         params = self._params()
         acc = {i: self.acc[p].clone() for i, p in enumerate(params) if p in self.acc}
-        return {**self.optimizer.state_dict(), "swalp": {"seed": self.seed, "steps": self.steps, "acc": acc}}
+        swalp = {"seed": self.seed, "steps": self.steps, "acc": acc, "recipe": self.recipe.to_dict()}
+        state_dict = {**self.optimizer.state_dict(), "swalp": swalp}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            state_dict = state_dict if result is None else result
+        return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore a :meth:`state_dict`; later steps are bit-identical to the saved run's."""
+        """Restore a :meth:`state_dict`; later steps are bit-identical to the saved run's.
+
+        Raises ValueError if it is not a LowPrecisionOptimizer's, or was saved under another
+        recipe. Load-state-dict pre and post hooks fire as torch's.
+        """
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            state_dict = state_dict if result is None else result
+        self._load(state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load(self, state_dict: dict) -> None:
         if "swalp" not in state_dict:
             raise ValueError("not a LowPrecisionOptimizer state dict (no 'swalp' entry); "
                              "load a plain torch state dict with .optimizer.load_state_dict")  # fmt: skip
         sw = state_dict["swalp"]
+        saved = sw.get("recipe")  # absent in state dicts of swalp 0.1
+        if saved is not None and saved != self.recipe.to_dict():
+            changed = ", ".join(f"{k}: {saved.get(k)} -> {v}" for k, v in self.recipe.to_dict().items() if saved.get(k) != v)
+            raise ValueError(f"this state dict was saved under recipe {saved.get('name')!r}, this optimizer has "
+                             f"{self.recipe.name!r} ({changed}); build the optimizer with the saved recipe")
         inner = {k: v for k, v in state_dict.items() if k != "swalp"}
         self.optimizer.load_state_dict(inner)
-        self.seed, self.steps = check_seed(sw["seed"]), int(sw["steps"])
+        self.seed, self.steps = (None if sw["seed"] is None else check_seed(sw["seed"])), int(sw["steps"])
         params = self._params()
         self.acc = {}
         for i, a in sw["acc"].items():
