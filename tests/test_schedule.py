@@ -110,3 +110,37 @@ def test_errors():
         SWALPLR(opt, budget=10, swa_lr=0.01, steps_per_epoch=0)
     with pytest.raises(ValueError, match="swa_lr must be a finite number >= 0, got nan"):
         SWALPLR(opt, budget=10, swa_lr=float("nan"))
+
+
+def test_chainable_with_torch_schedulers():
+    """Inside ChainedScheduler the rates multiply: SWALPLR's times ExponentialLR's."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.ChainedScheduler(
+        [SWALPLR(opt, budget=4, swa_lr=0.01), torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)])
+    for epoch in range(1, 7):
+        opt.step()
+        sched.step()
+        want = swalp_lr(epoch, 4, 0.1, 0.01) * 0.5**epoch
+        assert opt.param_groups[0]["lr"] == pytest.approx(want, rel=1e-12)
+
+
+def test_alone_the_rates_are_exactly_the_closed_form_and_averaging_says_when():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = SWALPLR(opt, budget=2, swa_lr=0.01, steps_per_epoch=3)
+    for step in range(1, 10):
+        assert sched.averaging == (step - 1 >= 6)
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["lr"] == swalp_lr(step / 3, 2, 0.1, 0.01)  # bit for bit
+        assert sched.get_last_lr() == sched._get_closed_form_lr()
+
+
+def test_swa_lr_per_param_group():
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1},
+                           {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.2}], lr=0.1)
+    sched = SWALPLR(opt, budget=1, swa_lr=[0.01, 0.05])
+    opt.step()
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.05]
+    with pytest.raises(ValueError, match="swa_lr has 3 values for 2 param groups"):
+        SWALPLR(opt, budget=1, swa_lr=[0.01, 0.05, 0.1])

@@ -77,14 +77,19 @@ class SWALPLR(LRScheduler):
     Args:
         optimizer: a torch optimizer or a :class:`swalp.LowPrecisionOptimizer`.
         budget: epochs before averaging starts (``B``).
-        swa_lr: the rate after the budget (the same for every param group).
+        swa_lr: the rate after the budget: one for every param group, or a list with one
+            per group.
         ratio: final decay ratio (0.01).
         steps_per_epoch: number of ``.step()`` calls per epoch (int >= 1).
         kind: ``"swalp"``, ``"cosine"`` or ``"constant"``.
         last_epoch: index of the last step taken, to resume (-1: a fresh run).
 
     Per step or per epoch, the first epoch after the budget runs at ``swa_lr``, as in
-    the reference. Resume with ``state_dict()``/``load_state_dict()``.
+    the reference; :attr:`averaging` says when that phase has begun. Resume with
+    ``state_dict()``/``load_state_dict()``. Chainable, as torch's schedulers: each step
+    multiplies a group's rate by this schedule's change, so inside ``ChainedScheduler`` it
+    composes with the others; alone, the rates are exactly :func:`swalp_lr`'s (the closed
+    form, :meth:`_get_closed_form_lr`).
 
     Example:
         >>> import torch
@@ -101,18 +106,42 @@ class SWALPLR(LRScheduler):
         self,
         optimizer: Optimizer,
         budget: float,
-        swa_lr: float,
+        swa_lr: float | list[float],
         ratio: float = 0.01,
         steps_per_epoch: int = 1,
         kind: str = "swalp",
         last_epoch: int = -1,
     ):
         check_int("steps_per_epoch", steps_per_epoch, 1)
-        swalp_lr(0, budget, 1.0, swa_lr, ratio, kind)  # validates before torch touches the optimizer
-        self.budget, self.swa_lr, self.ratio = budget, swa_lr, ratio
+        groups = len(optimizer.param_groups)
+        swa_lrs = list(swa_lr) if isinstance(swa_lr, (list, tuple)) else [swa_lr] * groups
+        if len(swa_lrs) != groups:
+            raise ValueError(f"swa_lr has {len(swa_lrs)} values for {groups} param groups; give one, or one per group")
+        for value in swa_lrs:  # validates before torch touches the optimizer
+            swalp_lr(0, budget, 1.0, value, ratio, kind)
+        self.budget, self.swa_lrs, self.ratio = budget, swa_lrs, ratio
         self.steps_per_epoch, self.kind = steps_per_epoch, kind
         super().__init__(optimizer, last_epoch)
 
+    @property
+    def averaging(self) -> bool:
+        """True once the rate is ``swa_lr``: the epochs from the end of the budget on."""
+        return self.last_epoch / self.steps_per_epoch >= self.budget
+
+    def _rates(self, step: int) -> list[float]:
+        epoch = max(step, 0) / self.steps_per_epoch
+        return [swalp_lr(epoch, self.budget, lr0, swa, self.ratio, self.kind)
+                for lr0, swa in zip(self.base_lrs, self.swa_lrs)]
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return self._rates(self.last_epoch)
+
     def get_lr(self) -> list[float]:
-        epoch = max(self.last_epoch, 0) / self.steps_per_epoch
-        return [swalp_lr(epoch, self.budget, lr0, self.swa_lr, self.ratio, self.kind) for lr0 in self.base_lrs]
+        """Each group's rate times this schedule's change since the last step; exactly the
+        closed form where nothing else moved the rate."""
+        new = self._rates(self.last_epoch)
+        if self.last_epoch <= 0:
+            return new
+        old = self._rates(self.last_epoch - 1)
+        return [n if group["lr"] == o or o == 0 else group["lr"] * n / o
+                for group, n, o in zip(self.optimizer.param_groups, new, old)]
