@@ -1,61 +1,59 @@
 """``WeightAverage``: the running mean of low-precision SGD iterates (the "SWA" in SWALP).
 
-``w_avg = (n w_avg + w) / (n + 1)`` per update, kept in fp32 by default or rounded to a
-format of the user's choice after each update (to study low-precision averaging).
+A :class:`torch.optim.swa_utils.AveragedModel` (a subclass: ``update_parameters``, the
+``n_averaged`` buffer, ``avg_fn``/``multi_avg_fn`` for EMA, ``use_buffers``, its state
+dicts, ``swa_utils.update_bn``), with what SWALP needs on top:
 
-Why not ``torch.optim.swa_utils.AveragedModel`` itself (its idea, the deep copy plus a
-running mean, is kept):
-
-* it averages in the copied parameters' dtype; here the average is always fp32 (or
-  float64 if the model is), whatever the iterates are stored as, and can be rounded
-  to ``fmt`` after each update, which its ``avg_fn`` hook cannot do with a seed per update;
-* its ``n_averaged`` is a tensor buffer and each update branches on ``n_averaged == 0``,
-  a host-device sync per update on GPU; here it is a Python int.
-
-What is added: the copy's :class:`swalp.Quantizer` modules are disabled, since the
-average is evaluated in full precision (arXiv 1904.11943, Algorithm 1: the averaged
-model's forward pass is full precision).
+* the average is kept in ``dtype`` (float32 by default), whatever the iterates are
+  stored as, and its forward accepts inputs of the model's dtype;
+* optionally rounded to a format ``fmt`` after each update, with a seed per update and
+  parameter (to study low-precision averaging; the paper's ablation);
+* the copy's :class:`swalp.Quantizer` modules are disabled, since the average is
+  evaluated in full precision (arXiv 1904.11943, Algorithm 1).
 
 The caller decides when to update (every ``c`` steps or ``c`` epochs from a start point:
 the paper's Algorithm 1 averages every ``c`` iterations from iteration ``S``; its CIFAR
 scripts once per epoch from the end of the budget ``B``). Buffers (batch-norm running
-statistics) are copied from the model at each update; call :func:`update_bn` on the
-average before evaluating it, as the paper's experiments do.
+statistics) are copied from the model at each update unless ``use_buffers``; call
+:func:`update_bn` on the average before evaluating it, as the paper's experiments do.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 from torch.optim import swa_utils
 
-from .._rng import check_seed, derive_seed, draw_seed
+from .._rng import check_generator, check_seed, derive_seed, draw_seed
 from ..formats import Format, Rounding, get_format
 from ..nn.convert import set_quantizers
-from ..ops._dispatch import quantize
+from ..ops._dispatch import dispatch
 from ..recipes import param_format
 
 
-class WeightAverage(nn.Module):
-    """An equal-weight running mean of a model's parameters, as a full-precision model.
+class WeightAverage(swa_utils.AveragedModel):
+    """An average of a model's parameters (equal weights, or EMA), as a full-precision model.
 
     Args:
         model: the model being trained (deep-copied once; later updates read any model
             with the same parameter shapes).
-        fmt: None keeps the average in full precision; a format (or preset name) rounds
-            it after every update (per-parameter rule of :func:`swalp.recipes.param_format`).
+        fmt: None keeps the average in ``dtype``; a format (or preset name) rounds it after
+            every update (per-parameter rule of :func:`swalp.recipes.param_format`).
         device: where the average lives (e.g. ``"cpu"`` to save accelerator memory);
             None: the model's device.
         rounding: rounding of ``fmt`` (``"stochastic"`` or ``"nearest"``).
-        seed: base seed of the stochastic rounding of the average (per update ``n``);
-            None draws one from torch's generator.
+        seed: base seed of the stochastic rounding of the average (per update ``n`` and
+            parameter); None draws one at the first update that needs it.
+        avg_fn, multi_avg_fn, use_buffers: as :class:`~torch.optim.swa_utils.AveragedModel`
+            (``multi_avg_fn=swa_utils.get_ema_multi_avg_fn(0.999)`` keeps an EMA).
+        dtype: the floating dtype of the average (float32).
+        generator: where a missing seed is drawn from (default: torch's global generator).
 
     Attributes:
         module: the averaged ``nn.Module`` (its Quantizers disabled); ``avg(x)`` calls it.
-        n_averaged: number of iterates averaged so far (int).
+        n_averaged: number of iterates averaged so far (a long tensor, as torch's).
 
     Example:
         >>> import torch
@@ -63,8 +61,8 @@ class WeightAverage(nn.Module):
         >>> avg = WeightAverage(net)
         >>> for w in (1.0, 2.0, 6.0):
         ...     with torch.no_grad(): _ = net.weight.fill_(w)
-        ...     avg.update(net)
-        >>> avg.module.weight.item(), avg.n_averaged
+        ...     avg.update_parameters(net)
+        >>> avg.module.weight.item(), int(avg.n_averaged)
         (3.0, 3)
 
     Caveat: the average's batch-norm statistics are the last iterate's until
@@ -78,55 +76,88 @@ class WeightAverage(nn.Module):
         device: torch.device | str | None = None,
         rounding: Rounding | str = "stochastic",
         seed: int | None = None,
+        *,
+        avg_fn: Callable | None = None,
+        multi_avg_fn: Callable | None = None,
+        use_buffers: bool = False,
+        dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
     ):
-        super().__init__()
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-        self.fmt = None if fmt is None else get_format(fmt)
-        self.rounding = Rounding.parse(rounding)
-        self.seed = draw_seed() if seed is None else check_seed(seed)
-        self.module = copy.deepcopy(model)
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        fmt = None if fmt is None else get_format(fmt)
+        rounding, seed = Rounding.parse(rounding), None if seed is None else check_seed(seed)
+        generator = check_generator(generator)
+        super().__init__(model, device=device, avg_fn=avg_fn, multi_avg_fn=multi_avg_fn, use_buffers=use_buffers)
+        self.fmt, self.rounding, self.seed, self.dtype, self._generator = fmt, rounding, seed, dtype, generator
         set_quantizers(self.module, False)
         for p in self.module.parameters():
             p.requires_grad_(False)
-            p.data = p.data.to(torch.float64 if p.dtype == torch.float64 else torch.float32)
-        if device is not None:
-            self.module.to(device)
-        self.n_averaged = 0
+        for t in (*self.module.parameters(), *(self.module.buffers() if use_buffers else ())):
+            if t.is_floating_point():
+                t.data = t.data.to(dtype)
 
     def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
+        """The averaged model on inputs of any floating dtype (cast to :attr:`dtype`)."""
+        cast = lambda v: v.to(self.dtype) if isinstance(v, Tensor) and v.is_floating_point() else v  # noqa: E731
+        return self.module(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Add ``model``'s current parameters to the mean and copy its buffers."""
+    def update_parameters(self, model: nn.Module) -> None:
+        """Add ``model``'s current parameters to the average (torch's update), then round
+        the average to ``fmt`` if one is given; copies the buffers unless ``use_buffers``."""
         avg_params, params = list(self.module.parameters()), list(model.parameters())
         if len(avg_params) != len(params) or any(a.shape != p.shape for a, p in zip(avg_params, params)):
             raise ValueError("model's parameters do not match the averaged model's (count or shapes differ)")
-        n = self.n_averaged
-        for i, (a, p) in enumerate(zip(avg_params, params)):
-            w = p.detach().to(a.device, a.dtype)
-            if n == 0:
-                a.copy_(w)
-            else:
-                a.mul_(n).add_(w).div_(n + 1)
-            if self.fmt is not None:
-                a.copy_(quantize(a, param_format(self.fmt, a), self.rounding, derive_seed(self.seed, n, i)))
-        avg_buffers, buffers = list(self.module.buffers()), list(model.buffers())
-        if len(avg_buffers) != len(buffers):
+        if len(list(self.module.buffers())) != len(list(model.buffers())):
             raise ValueError("model's buffers do not match the averaged model's")
-        for a, b in zip(avg_buffers, buffers):
-            a.copy_(b.detach().to(a.device))
-        self.n_averaged = n + 1
+        n = int(self.n_averaged)
+        super().update_parameters(_Cast(model, self.dtype))
+        if self.fmt is not None:
+            if self.seed is None:
+                self.seed = draw_seed(self._generator) if self.rounding is Rounding.STOCHASTIC else 0
+            for i, a in enumerate(avg_params):
+                a.copy_(dispatch(a, param_format(self.fmt, a), self.rounding, derive_seed(self.seed, n, i)))
+
+    update = update_parameters  # the name swalp 0.1 used
 
     def get_extra_state(self) -> dict:
-        return {"n_averaged": self.n_averaged, "seed": self.seed}
+        return {"seed": self.seed}
 
     def set_extra_state(self, state: dict) -> None:
-        self.n_averaged, self.seed = int(state["n_averaged"]), check_seed(state["seed"])
+        self.seed = None if state.get("seed") is None else check_seed(state["seed"])
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+        # An AveragedModel's state dict has no extra state; swalp 0.1's kept n_averaged in it.
+        extra = state_dict.get(prefix + "_extra_state")
+        if prefix + "n_averaged" not in state_dict and isinstance(extra, dict) and "n_averaged" in extra:
+            state_dict[prefix + "n_averaged"] = torch.tensor(int(extra["n_averaged"]), dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
+        if prefix + "_extra_state" in missing_keys:
+            missing_keys.remove(prefix + "_extra_state")
 
     def extra_repr(self) -> str:
-        return f"fmt={self.fmt!r}, n_averaged={self.n_averaged}"
+        return f"fmt={self.fmt!r}, dtype={self.dtype}, n_averaged={int(self.n_averaged)}"
+
+
+class _Cast(nn.Module):
+    """``model``'s parameters and buffers seen in ``dtype``: torch's update averages tensors of
+    one dtype, and the iterates may be bfloat16 while the average is float32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def _cast(self, tensors):
+        return (t.to(self.dtype) if t.is_floating_point() else t for t in tensors)
+
+    def parameters(self, recurse: bool = True):
+        return self._cast(self.model.parameters(recurse))
+
+    def buffers(self, recurse: bool = True):
+        return self._cast(self.model.buffers(recurse))
 
 
 def update_bn(

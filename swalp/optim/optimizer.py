@@ -43,7 +43,6 @@ the wrapped optimizer's step too: two optimizers step); LR schedulers, ``GradSca
 from __future__ import annotations
 
 from collections import OrderedDict
-from itertools import chain
 from typing import Callable
 
 import torch

@@ -265,7 +265,7 @@ def train_epoch(run: Run, epoch: int, bar) -> dict:
         run.scheduler.step()
         run.step += 1
         if cfg.avg_unit == "step" and run.step >= avg_start and (run.step - avg_start) % cfg.avg_every == 0:
-            run.average.update(model)
+            run.average.update_parameters(model)
         losses.append(loss.detach())
         wrongs.append((logits.argmax(1) != y).sum())
         sizes.append(len(y))
@@ -277,7 +277,7 @@ def train_epoch(run: Run, epoch: int, bar) -> dict:
     _check_finite(run, losses, first_step, epoch, bar)
     distributed.sync_buffers(model)  # rank 0's batch-norm statistics everywhere, for averaging and evaluation
     if cfg.avg_unit == "epoch" and epoch >= avg_start and (epoch - avg_start) % cfg.avg_every == 0:
-        run.average.update(model)
+        run.average.update_parameters(model)
     seen = sum(sizes)
     loss_sum = sum(v * n for v, n in zip(torch.stack(losses).double().tolist(), sizes))
     return dict(epoch=epoch, lr=lr, train_loss=loss_sum / seen, train_error=100.0 * torch.stack(wrongs).sum().item() / seen)

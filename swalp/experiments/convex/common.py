@@ -183,8 +183,8 @@ def run_methods(problem: Problem, spec: RunSpec, progress: Callable[[str], None]
                 W.copy_(new)
             window = 1 << (t - 1).bit_length()  # the run of length `window` averages (window/2, window]
             if t == window // 2 + 1:
-                average = WeightAverage(model, seed=spec.seed)  # seed: unused (fp average), keeps torch's global RNG untouched
-            average.update(model)
+                average = WeightAverage(model, dtype=torch.float64)  # the iterates are float64
+            average.update_parameters(model)
             if t in points:
                 dist2, _ = _stats(problem, W, False)
                 for m, key in enumerate(keys):
