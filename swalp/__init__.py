@@ -35,7 +35,7 @@ from .formats import (
     Rounding,
     get_format,
 )
-from .nn import Quantizer, quantize_model, set_quantizers
+from .nn import Quantizer, full_precision, quantize_model, set_quantizers
 from .ops import quantize
 from .optim import SWALPLR, LowPrecisionOptimizer, WeightAverage, update_bn
 from .recipes import Recipe, get_recipe
@@ -69,4 +69,5 @@ __all__ = [
     "update_bn",
     "SWALPLR",
     "set_quantizers",
+    "full_precision",
 ]

@@ -94,7 +94,7 @@ def test_killed_run_resumes_bit_identical(tmp_path):
         for k, v in a[key].items():
             assert torch.equal(v, b[key][k]) if isinstance(v, torch.Tensor) else v == b[key][k], (key, k)
     assert (killed / "metrics.jsonl").read_text() == (tmp_path / "whole" / "metrics.jsonl").read_text()
-    assert torch.equal(torch.load(killed / "average.pt")["0.0.weight"], torch.load(tmp_path / "whole" / "average.pt")["0.0.weight"])
+    assert torch.equal(torch.load(killed / "average.pt")["0.weight"], torch.load(tmp_path / "whole" / "average.pt")["0.weight"])
 
 
 def test_compare_writes_table_plot_and_summary(tmp_path, capsys):

@@ -131,7 +131,7 @@ def test_quantize_model_configures_the_models_own_quantizers_and_adds_none(name)
     model = build_model(name, 10, (3, 32, 32))
     before = quantizer_names(model)
     assert all(q.forward_format is None and q.backward_format is None for q in swalp.nn.quantizers(model))
-    quantize_model(model, "paper", placement="layer")
+    quantize_model(model, "paper")
     assert quantizer_names(model) == before
     expected = swalp.BlockFloat(8, block=swalp.PerTensor())
     assert all(q.forward_format == expected and q.backward_format == expected for q in swalp.nn.quantizers(model))

@@ -15,8 +15,7 @@ def test_readme_example_runs_and_averages_fifteen_iterates():
     exec(compile(code, str(README), "exec"), scope)
     assert not any(q.enabled for q in scope["avg"].module.modules() if isinstance(q, scope["swalp"].Quantizer))
     assert scope["avg"].n_averaged == 16  # epochs 30..45 (1-based): the end of the budget and 15 more
-    weight = scope["model"][0][0].weight if isinstance(scope["model"][0], torch.nn.Sequential) else None
-    assert weight is not None
+    weight = scope["model"][0].weight  # the converted model keeps its layers and their names
     fmt = scope["swalp"].get_recipe("paper").weight
     # the live weights lie on the 8-bit grid: quantizing them again with nearest changes nothing
     assert torch.equal(scope["swalp"].quantize(weight.detach(), fmt, "nearest"), weight.detach())

@@ -31,7 +31,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", default=None, help="folder of a file-based data set; cache of the embedded ones (default ~/.cache/swalp)")
     g.add_argument("--download", action="store_true", default=None, help="allow the data loader to download its files")
     g.add_argument("--model", default=None, help="model name (default: the data set's default model, cnn1d for mnist1d)")
-    g.add_argument("--placement", default=None, choices=PLACEMENTS, help=f"quantizer placement (default {_D.placement})")
+    g.add_argument("--placement", default=None, choices=PLACEMENTS, help="quantizer placement (default layer; models that place their own take none)")
     g = p.add_argument_group("schedule (defaults: the model's, per data set)")
     g.add_argument("--epochs", type=int, default=None, help="total epochs E")
     g.add_argument("--budget", type=int, default=None, help="epochs B of SGD before averaging starts (< E)")

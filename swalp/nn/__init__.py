@@ -9,7 +9,16 @@ Example:
     1
 """
 
-from .convert import PLACEMENTS, configure_quantizers, quantize_model, quantizers, set_quantizers
+from .convert import (
+    PLACEMENTS,
+    configure_quantizers,
+    full_precision,
+    model_recipe,
+    quantize_model,
+    quantizers,
+    set_quantizers,
+)
 from .quantizer import Quantizer
 
-__all__ = ["PLACEMENTS", "Quantizer", "configure_quantizers", "quantize_model", "quantizers", "set_quantizers"]
+__all__ = ["PLACEMENTS", "Quantizer", "configure_quantizers", "full_precision", "model_recipe", "quantize_model",
+           "quantizers", "set_quantizers"]

@@ -51,6 +51,7 @@ from torch.optim import Optimizer
 
 from .._rng import chain_seed, check_generator, check_seed, derive_seed, draw_seed
 from ..formats import Format, Rounding
+from ..nn.convert import model_recipe
 from ..ops._dispatch import dispatch, dispatch_many_
 from ..recipes import Recipe, get_recipe, param_format
 
@@ -77,6 +78,21 @@ def _param_format(fmt: Format, x: Tensor) -> Format:
     return hit[1]
 
 
+def _recipe_for(optimizer: Optimizer, recipe) -> Recipe:
+    """The recipe given, checked against the one the model was converted with (if any)."""
+    converted = model_recipe(p for g in optimizer.param_groups for p in g["params"])
+    if recipe is None:
+        if converted is None:
+            raise ValueError("no recipe: pass one (e.g. 'paper'), or build the optimizer on the parameters of a "
+                             "model converted by swalp.quantize_model, which remembers its recipe")
+        return converted
+    recipe = get_recipe(recipe)
+    if converted is not None and converted != recipe:
+        raise ValueError(f"the model was converted with recipe {converted.name!r}, given {recipe.name!r}: "
+                         "give the same recipe, or none")
+    return recipe
+
+
 class LowPrecisionOptimizer(Optimizer):
     """Wrap ``optimizer`` so that gradients, weights, accumulator and state are rounded.
 
@@ -84,7 +100,8 @@ class LowPrecisionOptimizer(Optimizer):
         optimizer: a constructed torch optimizer (SGD, AdamW, ...). Its param groups and
             state are shared, so LR schedulers and ``param_groups`` edits work as usual.
         recipe: a :class:`~swalp.recipes.Recipe` or a recipe name (uses ``weight``,
-            ``grad``, ``momentum``, ``acc`` and ``rounding``).
+            ``grad``, ``momentum``, ``acc`` and ``rounding``); None: the recipe the
+            parameters' model was converted with by :func:`swalp.quantize_model`.
         seed: base seed of every rounding; None draws one at the first stochastic rounding.
         state_formats: ``{state key: format or None}``, overriding the defaults above.
         generator: where a missing seed is drawn from (default: torch's global generator).
@@ -111,7 +128,7 @@ class LowPrecisionOptimizer(Optimizer):
     def __init__(
         self,
         optimizer: Optimizer,
-        recipe: Recipe | str,
+        recipe: Recipe | str | None = None,
         seed: int | None = None,
         state_formats: dict[str, Format | None] | None = None,
         *,
@@ -125,7 +142,7 @@ class LowPrecisionOptimizer(Optimizer):
         if isinstance(optimizer, LowPrecisionOptimizer):
             raise ValueError("optimizer is already a LowPrecisionOptimizer; wrap the torch optimizer once")
         self.optimizer = optimizer
-        self.recipe = get_recipe(recipe)
+        self.recipe = _recipe_for(optimizer, recipe)
         self.seed = None if seed is None else check_seed(seed)
         self._generator = check_generator(generator)
         self.state_formats = dict(state_formats or {})

@@ -17,7 +17,7 @@ import torch
 from .._files import atomic_write
 
 CHECKPOINT_KIND = "swalp-train-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: quantized layers keep their names (swalp 0.1 wrapped them in Sequential)
 
 
 def rng_state() -> dict:

@@ -44,7 +44,7 @@ class TrainConfig:
     model: str | None = None        # a name in swalp.models.MODELS; None: the data set's default (cnn1d)
     recipe: str = "paper"           # a name in swalp.recipes.RECIPES ("fp32" = full precision)
     bits: int | None = None         # word length override for the recipe's formats (>= 2)
-    placement: str = "layer"        # where quantize_model puts activation/error quantizers (swalp.nn.PLACEMENTS)
+    placement: str | None = None    # where quantize_model puts quantizers (swalp.nn.PLACEMENTS); None: "layer"
     # optimisation (SGD with momentum and weight decay, as the paper); cnn1d on mnist1d in brackets
     epochs: int | None = None       # total epochs E (45; the paper: 1.5 x budget)
     budget: int | None = None       # B: epochs of ordinary training; averaging starts at its end (30)
@@ -102,7 +102,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     check_choice("--schedule", c.schedule, KINDS)
     check_choice("--avg-unit", c.avg_unit, AVG_UNITS)
     check_int("--avg-every", c.avg_every, 1)
-    check_choice("--placement", c.placement, PLACEMENTS)
+    if c.placement is not None:
+        check_choice("--placement", c.placement, PLACEMENTS)
     for key in ("limit_train", "limit_test", "threads"):
         if getattr(c, key) is not None:
             check_int(_flag(key), getattr(c, key), 1)
