@@ -55,8 +55,9 @@ def batch_for(name: str, generator: torch.Generator):
     raise ValueError(f"unknown model {name!r}; accepted: {', '.join(map(repr, BATCH))}")
 
 
-def make_step(model_name, num_classes, input_shape, recipe):
-    """A closure running one training step; recipe None is plain PyTorch FP32."""
+def make_step(model_name, num_classes, input_shape, recipe, compile=False):
+    """A closure running one training step; recipe None is plain PyTorch FP32; ``compile``
+    calls the model through ``torch.compile`` (the optimizer step stays eager)."""
     torch.manual_seed(0)
     model = build_model(model_name, num_classes, input_shape)
     sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -65,9 +66,10 @@ def make_step(model_name, num_classes, input_shape, recipe):
         swalp.quantize_model(model, recipe)
         opt = swalp.LowPrecisionOptimizer(sgd, recipe, seed=0)
     model.train()
+    net = torch.compile(model, fullgraph=True) if compile else model
 
     def step(x, y):
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -89,6 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=12, help="timed steps per model and recipe (default 12)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--compile", action="store_true", help="also time both with torch.compile (inductor)")
     p.add_argument("--json", metavar="FILE", help="also write the records as JSON")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -100,13 +103,17 @@ def main(argv=None) -> int:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
     print(f"train step: FP32 vs {recipe.name!r}, {threads} threads, torch {torch.__version__}, {machine}")
     print(f"median of {args.steps} steps after {args.warmup} warm-up steps, FP32 and low-precision steps alternating\n")
-    print(f"{'model':<8}{'batch':>6}{'fp32 ms':>10}{recipe.name + ' ms':>14}{'ratio':>8}")
+    header = f"{'model':<8}{'batch':>6}{'fp32 ms':>10}{recipe.name + ' ms':>14}{'ratio':>8}"
+    print(header + (f"{'fp32 compiled':>15}{recipe.name + ' compiled':>17}{'ratio':>8}" if args.compile else ""))
     records = []
     gen = torch.Generator().manual_seed(0)
     for name in args.models:
         model_name, x, y, classes = batch_for(name, gen)
-        steps = {"fp32": make_step(model_name, classes, tuple(x.shape[1:]), None),
-                 recipe.name: make_step(model_name, classes, tuple(x.shape[1:]), recipe)}  # fmt: skip
+        shape = tuple(x.shape[1:])
+        steps = {"fp32": make_step(model_name, classes, shape, None), recipe.name: make_step(model_name, classes, shape, recipe)}
+        if args.compile:
+            steps.update({"fp32 compiled": make_step(model_name, classes, shape, None, compile=True),
+                          f"{recipe.name} compiled": make_step(model_name, classes, shape, recipe, compile=True)})
         times = {k: [] for k in steps}
         for i in range(args.warmup + args.steps):
             for k, step in steps.items():
@@ -115,10 +122,16 @@ def main(argv=None) -> int:
                     times[k].append(t)
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = med[recipe.name] / med["fp32"]
-        print(f"{name:<8}{len(y):>6}{med['fp32'] * 1e3:>10.1f}{med[recipe.name] * 1e3:>14.1f}{ratio:>8.2f}")
+        line = f"{name:<8}{len(y):>6}{med['fp32'] * 1e3:>10.1f}{med[recipe.name] * 1e3:>14.1f}{ratio:>8.2f}"
+        compiled = {}
+        if args.compile:
+            fp, lp = med["fp32 compiled"], med[f"{recipe.name} compiled"]
+            compiled = dict(fp32_compiled_seconds=fp, recipe_compiled_seconds=lp, compiled_ratio=lp / fp)
+            line += f"{fp * 1e3:>15.1f}{lp * 1e3:>17.1f}{lp / fp:>8.2f}"
+        print(line)
         sys.stdout.flush()
         records.append(dict(model=name, batch=len(y), recipe=recipe.name, fp32_seconds=med["fp32"],
-                            recipe_seconds=med[recipe.name], ratio=ratio, steps=args.steps, warmup=args.warmup,
+                            recipe_seconds=med[recipe.name], ratio=ratio, **compiled, steps=args.steps, warmup=args.warmup,
                             threads=threads, torch=torch.__version__, machine=machine,
                             backends=backends(),
                             step_seconds={k: v for k, v in times.items()}))  # fmt: skip

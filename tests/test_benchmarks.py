@@ -27,10 +27,10 @@ def test_quantize_benchmark_writes_a_record_per_format_and_rounding(tmp_path):
 
 def test_train_step_benchmark_times_both_recipes(tmp_path):
     out = run("train_step.py", "--models", "cnn1d", "--steps", "2", "--warmup", "1", "--threads", "1",
-              "--json", str(tmp_path / "t.json"))
+              "--compile", "--json", str(tmp_path / "t.json"))
     assert out.returncode == 0, out.stderr[-2000:]
     text = (tmp_path / "t.json").read_text()
-    assert "cnn1d" in text and "ratio" in text
+    assert "cnn1d" in text and "compiled_ratio" in text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: run benchmarks/gpu_quantize.py itself")

@@ -24,6 +24,31 @@ class _QuantizeFn(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+def _traced_round(x: Tensor, fmt: Format, rounding: Rounding, backend: str | None) -> Tensor:
+    # The seed drawn by torch.randint, in the graph: the same draw as draw_seed's
+    # (random_(0, 2**62) on torch's generator), so eager and compiled runs agree.
+    if rounding is Rounding.STOCHASTIC:
+        seed = torch.randint(0, 2**62, (), dtype=torch.int64)
+    else:
+        seed = torch.zeros((), dtype=torch.int64)
+    return pick_backend(backend, x, fmt).round_seeded(x, fmt, rounding, seed)
+
+
+class _TracedQuantizeFn(torch.autograd.Function):
+    """What torch.compile traces: no seed ever leaves the graph (swalp/ops/_schema.py, quantize_seeded)."""
+
+    @staticmethod
+    def forward(ctx, x, fwd, bwd, rounding, backend):
+        ctx.bwd, ctx.rounding, ctx.backend = bwd, rounding, backend
+        return x if fwd is None else _traced_round(x, fwd, rounding, backend)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.bwd is not None:
+            grad = _traced_round(grad, ctx.bwd, ctx.rounding, ctx.backend)
+        return grad, None, None, None, None
+
+
 class Quantizer(nn.Module):
     """The identity, with rounding: ``forward`` quantizes the activation to ``forward``'s
     format, and the gradient that flows back through it (the error) to ``backward``'s.
@@ -93,9 +118,10 @@ class Quantizer(nn.Module):
             return x
         if x.dtype not in FLOAT_DTYPES:
             raise ValueError(f"cannot quantize a {x.dtype} tensor; accepted dtypes: float16, bfloat16, float32, float64")
-        if fwd is not None and bwd is not None and not torch.compiler.is_compiling():
-            # the backend's own autograd node, if it has one (C++ on CPU); torch.compile
-            # traces the Python one, whose seeds it can see being drawn
+        if torch.compiler.is_compiling():
+            return _TracedQuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend)
+        if fwd is not None and bwd is not None:
+            # the backend's own autograd node, if it has one (C++ on CPU)
             backend = pick_backend(self.backend, x, fwd)
             if backend.ste is not None and backend.supports(x, bwd):
                 y = backend.ste(x, fwd, bwd, self._rounding)

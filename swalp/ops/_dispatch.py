@@ -42,6 +42,10 @@ class Backend:
             :class:`swalp.Quantizer` computes (``fwd`` rounding forward, ``bwd`` rounding the
             gradient, seeds drawn as ``quantize(seed=None)`` draws them) with a faster
             autograd node; None where it cannot run, and the Quantizer does it in Python.
+        seeded: optional ``seeded(x, fmt, rounding, seed) -> Tensor``: ``fn`` with the seed
+            as a tensor (one int64 on the CPU), the form ``torch.compile`` traces without a
+            graph break (the seed drawn by ``torch.randint`` in the graph). Without it, the
+            seed is read back to Python (a graph break, the same numbers).
     """
 
     name: str
@@ -50,6 +54,13 @@ class Backend:
     priority: int = 0
     many: Callable | None = None
     ste: Callable | None = None
+    seeded: Callable | None = None
+
+    def round_seeded(self, x: Tensor, fmt: Format, rounding: Rounding, seed: Tensor) -> Tensor:
+        """``seeded``, or ``fn`` with the seed read back to a Python int."""
+        if self.seeded is not None:
+            return self.seeded(x, fmt, rounding, seed)
+        return self.fn(x, fmt, rounding, int(seed))
 
 
 _BACKENDS: dict[str, Backend] = {}

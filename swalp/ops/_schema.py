@@ -98,6 +98,19 @@ def _fake(x, kind, p, f, rounding, k0, k1):
     return x.new_empty(x.shape)
 
 
+# The same with the seed as a tensor (one int64 on the CPU): what torch.compile traces, the
+# seed drawn by torch.randint inside the graph (swalp/nn/quantizer.py). Keys: seed_keys(seed).
+torch.library.define(
+    "swalp::quantize_seeded",
+    "(Tensor x, int kind, int[] p, float[] f, int rounding, Tensor seed) -> Tensor",
+)
+
+
+@torch.library.register_fake("swalp::quantize_seeded")
+def _fake_seeded(x, kind, p, f, rounding, seed):
+    return x.new_empty(x.shape)
+
+
 # In place, many tensors in one call: the optimizer rounds dozens of small tensors a step,
 # where one call each costs more than the rounding. The parameters of tensor t are
 # kind[t], p[len(Params) t : len(Params) (t + 1)], f likewise with Bounds, k0[t], k1[t]. CPU only.
@@ -136,18 +149,24 @@ def _block(block, ndim: int) -> tuple[Block, int, int]:
 
 def pack(x: Tensor, fmt, rounding: Rounding, seed: int | None) -> tuple:
     """The op's arguments after ``x``: ``(kind, p, f, rounding, k0, k1)``."""
-    # Training reuses a handful of format objects dozens of times a step: remember their
-    # packing by identity (hashing a nested frozen dataclass costs more than the lookup).
-    key = (id(fmt), x.dtype, x.dim())
-    packed = _PACKED.get(key)
-    if packed is None or packed[0] is not fmt:  # new, or another object that reused the id
-        if len(_PACKED) > 1024:
-            _PACKED.clear()
-        packed = _PACKED[key] = (fmt, *_pack_format(fmt, compute_dtype(x.dtype), x.dim()))
-    _, kind, p, f = packed
+    kind, p, f = packed(fmt, x.dtype, x.dim())
     if rounding is Rounding.STOCHASTIC:
         return kind, p, f, 1, *seed_keys(seed)
     return kind, p, f, 0, 0, 0
+
+
+@torch.compiler.assume_constant_result  # torch.compile: computed while tracing, a constant in the graph
+def packed(fmt, dtype: torch.dtype, ndim: int) -> tuple[int, list[int], list[float]]:
+    """``(kind, p, f)`` of ``fmt`` for tensors of ``dtype`` with ``ndim`` dimensions."""
+    # Training reuses a handful of format objects dozens of times a step: remember their
+    # packing by identity (hashing a nested frozen dataclass costs more than the lookup).
+    key = (id(fmt), dtype, ndim)
+    hit = _PACKED.get(key)
+    if hit is None or hit[0] is not fmt:  # new, or another object that reused the id
+        if len(_PACKED) > 1024:
+            _PACKED.clear()
+        hit = _PACKED[key] = (fmt, *_pack_format(fmt, compute_dtype(dtype), ndim))
+    return hit[1:]
 
 
 _PACKED: dict = {}  # (id(fmt), dtype, ndim) -> (fmt, kind, p, f); holding fmt keeps its id unique
@@ -182,6 +201,12 @@ def _pack_format(fmt, dtype: torch.dtype, ndim: int) -> tuple[int, list[int], li
 def run_op(x: Tensor, fmt, rounding: Rounding, seed: int | None) -> Tensor:
     """Run ``swalp::quantize`` (whichever device kernel ``x`` dispatches to)."""
     return torch.ops.swalp.quantize.default(x, *pack(x, fmt, rounding, seed))
+
+
+def run_op_seeded(x: Tensor, fmt, rounding: Rounding, seed: Tensor) -> Tensor:
+    """Run ``swalp::quantize_seeded``: ``seed`` is one int64 on the CPU (or ignored for nearest)."""
+    kind, p, f = packed(fmt, x.dtype, x.dim())
+    return torch.ops.swalp.quantize_seeded.default(x, kind, p, f, int(rounding is Rounding.STOCHASTIC), seed)
 
 
 def run_op_many_(xs: list[Tensor], fmts: list, rounding: Rounding, seeds: list[int | None]) -> None:

@@ -17,8 +17,9 @@ Example:
     'cpu'
 
 Caveat: ``torch.compile`` traces the model once per input shape (the last, smaller batch of an
-epoch costs a second compilation) and the Quantizers' autograd functions may cause graph breaks;
-measure before relying on it (``benchmarks/gpu_smoke.py --compile``).
+epoch costs a second compilation). Quantized models compile with no graph break, equal to eager
+bit for bit (tests/test_compile.py); whether it is faster depends on the model: measure
+(``benchmarks/train_step.py --compile``, ``benchmarks/gpu_smoke.py --compile``).
 ``DataLoader`` options for file-based data are :func:`swalp.data.loader_options`.
 """
 

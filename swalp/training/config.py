@@ -65,7 +65,7 @@ class TrainConfig:
     num_workers: int = 0            # data-loading worker processes (file-based data sets)
     data_on_device: bool = False    # copy in-memory data sets to the GPU once (else one host-to-device copy per batch)
     channels_last: bool = False     # NHWC layout for 4-D inputs and conv weights (GPU tensor cores)
-    compile: bool = False           # torch.compile the model (measure first: quantizers may break graphs)
+    compile: bool = False           # torch.compile the model (no graph break; measure whether it pays)
     threads: int | None = None      # torch CPU threads; None: the model's preset (1), else torch's
     out: str = "runs/train"
 

@@ -24,7 +24,7 @@ import torch
 from ...formats import Rounding
 from .._dispatch import Backend
 from .._reference import round_to_grid
-from .._schema import pack, run_op, run_op_many_
+from .._schema import pack, run_op, run_op_many_, run_op_seeded
 from ._build import failed, load
 
 __all__ = ["BACKEND", "load"]
@@ -34,6 +34,12 @@ def _fn(x, fmt, rounding, seed):
     if not load():
         return round_to_grid(x, fmt, rounding, seed)
     return run_op(x, fmt, rounding, seed)
+
+
+def _seeded(x, fmt, rounding, seed):
+    if not load():
+        return round_to_grid(x, fmt, rounding, int(seed))
+    return run_op_seeded(x, fmt, rounding, seed)
 
 
 def _many_(xs, fmts, rounding, seeds) -> None:
@@ -56,4 +62,4 @@ def _supports(x, fmt) -> bool:
     return x.is_cpu and not failed()  # is_cpu, not device.type: this runs per tensor per step
 
 
-BACKEND = Backend("cpp", _fn, _supports, priority=10, many=_many_, ste=_ste)
+BACKEND = Backend("cpp", _fn, _supports, priority=10, many=_many_, ste=_ste, seeded=_seeded)

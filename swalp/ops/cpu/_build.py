@@ -74,6 +74,7 @@ def build_dir() -> Path:
     return cache_dir() / f"cpp-{key.hexdigest()[:16]}"
 
 
+@torch.compiler.assume_constant_result  # torch.compile: run while tracing, a constant in the graph
 def load() -> bool:
     """Build (once per machine) and load the kernels; False, with one warning, if that fails."""
     global _state

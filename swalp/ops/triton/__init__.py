@@ -13,11 +13,12 @@ import importlib.util
 
 import torch
 
+from ..._rng import seed_keys
 from .._dispatch import Backend, register_backend
-from .._schema import run_op
+from .._schema import run_op, run_op_seeded
 from ._launch import launch
 
-__all__ = ["available", "launch", "register"]
+__all__ = ["available", "launch", "launch_seeded", "register"]
 
 
 def available() -> bool:
@@ -25,7 +26,13 @@ def available() -> bool:
     return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
+def launch_seeded(x, kind, p, f, rounding, seed):
+    """``swalp::quantize_seeded``: the seed is one int64 on the CPU (read without a GPU sync)."""
+    return launch(x, kind, p, f, rounding, *seed_keys(int(seed)))
+
+
 def register() -> None:  # pragma: no cover - needs a GPU
-    """Implement ``swalp::quantize`` for CUDA with :func:`launch` and add the backend."""
+    """Implement ``swalp::quantize`` (and its seeded form) for CUDA and add the backend."""
     torch.library.impl("swalp::quantize", "cuda", launch)
-    register_backend(Backend("triton", run_op, lambda x, fmt: x.device.type == "cuda", priority=20))
+    torch.library.impl("swalp::quantize_seeded", "cuda", launch_seeded)
+    register_backend(Backend("triton", run_op, lambda x, fmt: x.device.type == "cuda", priority=20, seeded=run_op_seeded))

@@ -33,7 +33,15 @@
 
 namespace swalp {
 at::Tensor empty_output(const at::Tensor& x);  // output.cpp: contiguous, huge pages, reused
+
+// One step of SplitMix64 (swalp/_rng.py splitmix64): a seed to the hash keys (k0, k1).
+uint64_t splitmix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
 }
+}  // namespace swalp
 
 namespace {
 
@@ -389,6 +397,16 @@ at::Tensor quantize_cpu(const at::Tensor& x, int64_t kind, at::IntArrayRef p, at
   return y;
 }
 
+// The seed as a tensor (one int64 on the CPU), so that torch.compile can trace a seed drawn
+// by torch.randint into the graph: keys = splitmix64(seed), as swalp/_rng.py seed_keys.
+at::Tensor quantize_seeded_cpu(const at::Tensor& x, int64_t kind, at::IntArrayRef p, at::ArrayRef<double> f,
+                               int64_t rounding, const at::Tensor& seed) {
+  TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.is_cpu(),
+              "swalp::quantize_seeded: seed must be one int64 on the CPU");
+  const uint64_t z = swalp::splitmix64(static_cast<uint64_t>(seed.item<int64_t>()));
+  return quantize_cpu(x, kind, p, f, rounding, static_cast<int64_t>(z & 0xffffffffull), static_cast<int64_t>(z >> 32));
+}
+
 // In place, for many small tensors in one call (the optimizer's gradients, weights and
 // state: dozens of tensors of a few thousand elements, where a call per tensor costs more
 // than its kernel): xs[t] = quantize(xs[t], kind[t], p[N_PARAMS t, N_PARAMS (t + 1)),
@@ -413,5 +431,6 @@ void quantize_many_cpu(at::TensorList xs, at::IntArrayRef kind, at::IntArrayRef 
 
 TORCH_LIBRARY_IMPL(swalp, CPU, m) {
   m.impl("quantize", &quantize_cpu);
+  m.impl("quantize_seeded", &quantize_seeded_cpu);
   m.impl("quantize_many_", &quantize_many_cpu);
 }

@@ -14,6 +14,10 @@
 #include <cstdint>
 #include <utility>
 
+namespace swalp {
+uint64_t splitmix64(uint64_t z);  // quantize.cpp
+}
+
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -28,20 +32,13 @@ at::Tensor quantize(const at::Tensor& x, int64_t kind, at::IntArrayRef p, at::Ar
   return op.call(x, kind, p, f, rounding, k0, k1);
 }
 
-// swalp/_rng.py splitmix64
-uint64_t splitmix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 // (k0, k1) of a fresh seed, or (0, 0) for nearest rounding.
 std::pair<int64_t, int64_t> draw_keys(int64_t rounding) {
   if (rounding != 1) return {0, 0};
   thread_local at::Tensor* s = new at::Tensor(at::empty({}, at::kLong));  // never freed: no exit-order issue
   s->random_(0, int64_t(1) << 62);  // the draw of torch.randint(0, 2**62, ())
-  const uint64_t z = splitmix64(static_cast<uint64_t>(*s->const_data_ptr<int64_t>()));
+  const uint64_t z = swalp::splitmix64(static_cast<uint64_t>(*s->const_data_ptr<int64_t>()));
   return {static_cast<int64_t>(z & 0xffffffffull), static_cast<int64_t>(z >> 32)};
 }
 

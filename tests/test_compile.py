@@ -1,0 +1,73 @@
+"""torch.compile: quantized models compile with no graph break, and compiled runs equal eager
+ones bit for bit, forward and backward (the Quantizers' seeds are drawn inside the graph)."""
+
+import pytest
+import torch
+import torch._inductor.config
+from torch import nn
+
+import swalp
+from swalp.models import build_model
+from swalp.models.preresnet import PreResNet
+
+NEAREST = swalp.Recipe(activation="bfp8", error="bfp8", rounding="nearest", name="nearest")
+
+MODELS = {
+    "mlp": (lambda: nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), (4, 8)),
+    "cnn1d": (lambda: build_model("cnn1d", 10, (1, 40)), (4, 1, 40)),
+    "vgg16": (lambda: build_model("vgg16", 10, (3, 32, 32)), (2, 3, 32, 32)),
+    "preresnet": (lambda: PreResNet(10, depth=11), (2, 3, 32, 32)),  # one block per stage: the same places
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_no_graph_break(name, one_thread):
+    make, shape = MODELS[name]
+    model = swalp.quantize_model(make(), "paper")
+    assert swalp.nn.quantizers(model)
+    explained = torch._dynamo.explain(model)(torch.randn(*shape, requires_grad=True))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+@pytest.fixture
+def torch_random():
+    """Inductor draws random numbers its own way unless told to fall back to torch's: with
+    it, the seeds of stochastic rounding are the eager run's."""
+    with torch._inductor.config.patch(fallback_random=True):
+        yield
+
+
+def grads_after_one_pass(model, net, x, seed=0):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    x = x.clone().requires_grad_()
+    y = net(x)
+    y.square().sum().backward()
+    return [y.detach(), x.grad, *(p.grad for p in model.parameters())]
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("recipe", ["paper", NEAREST], ids=["stochastic", "nearest"])
+@pytest.mark.parametrize("name", ["mlp", "cnn1d"])
+def test_compiled_equals_eager_bit_for_bit(name, recipe, backend, torch_random, one_thread):
+    make, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = swalp.quantize_model(make(), recipe)
+    x = torch.randn(*shape)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    eager, traced = grads_after_one_pass(model, model, x), grads_after_one_pass(model, compiled, x)
+    assert all(torch.equal(a, b) for a, b in zip(eager, traced))
+    assert not torch.equal(traced[0], make()(x))  # the compiled model did quantize
+
+
+def test_swalp_train_compile_equals_eager(tmp_path, torch_random, one_thread):
+    from swalp.training import TrainConfig, train
+
+    tiny = dict(data="digits", epochs=2, budget=1, limit_train=96, limit_test=64, batch_size=32, threads=1)
+    eager = train(TrainConfig(**tiny, out=str(tmp_path / "eager")), progress=False, log=None)
+    torch._dynamo.reset()
+    compiled = train(TrainConfig(**tiny, compile=True, out=str(tmp_path / "compiled")), progress=False, log=None)
+    drop = lambda s: {k: v for k, v in s.items() if k != "wall_s"}  # noqa: E731
+    assert drop(compiled) == drop(eager)
+    assert (tmp_path / "eager" / "metrics.jsonl").read_text() == (tmp_path / "compiled" / "metrics.jsonl").read_text()
