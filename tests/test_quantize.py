@@ -677,9 +677,11 @@ def test_bad_seed_is_a_value_error(seed, rounding):
         swalp.quantize(torch.ones(3), FixedPoint(8, 6), rounding, seed=seed)
 
 
-def test_largest_seed_is_accepted():
-    out = q(sample(), FixedPoint(8, 6), "stochastic", seed=2**64 - 1)
-    assert torch.isfinite(out).all()
+def test_largest_seed_is_accepted_and_used():
+    x = sample()
+    out = q(x, FixedPoint(8, 6), "stochastic", seed=2**64 - 1)
+    assert torch.equal(out, q(x, FixedPoint(8, 6), "stochastic", seed=2**64 - 1, backend="reference"))
+    assert not torch.equal(out, q(x, FixedPoint(8, 6), "stochastic", seed=2**64 - 2))  # its bits, not another seed's
 
 
 # --- property-based ------------------------------------------------------------------

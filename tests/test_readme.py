@@ -13,9 +13,12 @@ def test_readme_example_runs_and_averages_fifteen_iterates():
     torch.manual_seed(0)
     scope: dict = {}
     exec(compile(code, str(README), "exec"), scope)
-    assert not any(q.enabled for q in scope["avg"].module.modules() if isinstance(q, scope["swalp"].Quantizer))
     assert scope["avg"].n_averaged == 16  # epochs 30..45 (1-based): the end of the budget and 15 more
     weight = scope["model"][0].weight  # the converted model keeps its layers and their names
+    averaged = scope["avg"].module[0].weight
+    fmt8 = scope["swalp"].get_recipe("paper").weight
+    # an average of 16 grid values, not the last one, and (generically) off the 8-bit grid
+    assert not torch.equal(averaged, weight) and not torch.equal(scope["swalp"].quantize(averaged, fmt8), averaged)
     fmt = scope["swalp"].get_recipe("paper").weight
     # the live weights lie on the 8-bit grid: quantizing them again with nearest changes nothing
     assert torch.equal(scope["swalp"].quantize(weight.detach(), fmt, "nearest"), weight.detach())

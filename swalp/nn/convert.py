@@ -58,6 +58,7 @@ def quantize_model(
     recipe: Recipe | str,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     placement: str | None = None,
+    generator=None,
 ) -> nn.Module:
     """Attach Quantizers to ``model``'s layers (in place) and return it.
 
@@ -74,6 +75,8 @@ def quantize_model(
             model's own Quantizer: full precision). It narrows the placement: the last
             Conv/Linear is never quantized in "layer" placement.
         placement: ``"layer"`` (None: the default) or ``"activation"``.
+        generator: a ``torch.Generator`` the new Quantizers draw their seeds from (default:
+            torch's global generator).
 
     Returns:
         ``model``, with the same parameter names, module types and state-dict keys.
@@ -116,7 +119,7 @@ def quantize_model(
         if filter_fn is None or filter_fn(module, fqn):
             if hasattr(module, "quantizer"):
                 raise ValueError(f"{fqn} ({type(module).__name__}) already has an attribute 'quantizer'")
-            module.quantizer = Quantizer(recipe.activation, recipe.error, recipe.rounding)
+            module.quantizer = Quantizer(recipe.activation, recipe.error, recipe.rounding, generator=generator)
             module.register_forward_hook(_quantize_output)
     return model
 

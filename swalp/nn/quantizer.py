@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._rng import check_generator, draw_seed
 from ..formats import Format, Rounding, get_format
 from ..ops._dispatch import FLOAT_DTYPES, dispatch, pick_backend
 
@@ -13,15 +14,20 @@ from ..ops._dispatch import FLOAT_DTYPES, dispatch, pick_backend
 # take dispatch (no argument checks): this runs twice per Quantizer per training step.
 class _QuantizeFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, fwd, bwd, rounding, backend):
-        ctx.bwd, ctx.rounding, ctx.backend = bwd, rounding, backend
-        return x if fwd is None else dispatch(x, fwd, rounding, None, backend)
+    def forward(ctx, x, fwd, bwd, rounding, backend, generator):
+        ctx.bwd, ctx.rounding, ctx.backend, ctx.generator = bwd, rounding, backend, generator
+        return x if fwd is None else dispatch(x, fwd, rounding, _seed(rounding, generator), backend)
 
     @staticmethod
     def backward(ctx, grad):
         if ctx.bwd is not None:
-            grad = dispatch(grad, ctx.bwd, ctx.rounding, None, ctx.backend)
-        return grad, None, None, None, None
+            grad = dispatch(grad, ctx.bwd, ctx.rounding, _seed(ctx.rounding, ctx.generator), ctx.backend)
+        return grad, None, None, None, None, None
+
+
+def _seed(rounding: Rounding, generator: torch.Generator | None) -> int | None:
+    # None: dispatch draws from torch's global generator, and only for stochastic rounding.
+    return draw_seed(generator) if generator is not None and rounding is Rounding.STOCHASTIC else None
 
 
 def _traced_round(x: Tensor, fmt: Format, rounding: Rounding, backend: str | None) -> Tensor:
@@ -58,11 +64,14 @@ class Quantizer(nn.Module):
         backward: format of the error, or None for full precision.
         rounding: ``"stochastic"`` or ``"nearest"``, for both directions.
         backend: passed to :func:`swalp.quantize` (None picks the fastest).
+        generator: where the seeds of stochastic rounding are drawn from (default: torch's
+            global generator, so ``torch.manual_seed`` repeats a run).
 
     Shapes: any; the output has the input's shape and dtype.
 
-    Each call draws a fresh seed from torch's global generator, so ``torch.manual_seed``
-    repeats a run. A Quantizer in ``eval()`` mode still quantizes: to evaluate in full
+    Each stochastic rounding (forward, and backward) draws a fresh seed; nearest rounding
+    draws none. Under ``torch.compile`` the draws happen inside the graph (no graph break;
+    with a ``generator``, a graph break per call). A Quantizer in ``eval()`` mode still quantizes: to evaluate in full
     precision, set ``enabled = False`` (see :func:`swalp.nn.set_quantizers`).
 
     Example:
@@ -79,12 +88,14 @@ class Quantizer(nn.Module):
         backward: Format | str | None = None,
         rounding: Rounding | str = "stochastic",
         backend: str | None = None,
+        generator: torch.Generator | None = None,
     ):
         super().__init__()
         self.forward_format = forward
         self.backward_format = backward
         self.rounding = rounding
         self.backend = backend
+        self.generator = check_generator(generator)
         self.enabled = True
 
     # Checked when set (here or by swalp.nn.configure_quantizers), not at every call.
@@ -118,6 +129,8 @@ class Quantizer(nn.Module):
             return x
         if x.dtype not in FLOAT_DTYPES:
             raise ValueError(f"cannot quantize a {x.dtype} tensor; accepted dtypes: float16, bfloat16, float32, float64")
+        if self.generator is not None:
+            return _QuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend, self.generator)
         if torch.compiler.is_compiling():
             return _TracedQuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend)
         if fwd is not None and bwd is not None:
@@ -127,7 +140,7 @@ class Quantizer(nn.Module):
                 y = backend.ste(x, fwd, bwd, self._rounding)
                 if y is not None:
                     return y
-        return _QuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend)
+        return _QuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend, None)
 
     def extra_repr(self) -> str:
         return f"forward={self.forward_format}, backward={self.backward_format}, rounding={self.rounding.value}"
