@@ -17,6 +17,7 @@ MODELS = {
     "cnn1d": (lambda: build_model("cnn1d", 10, (1, 40)), (4, 1, 40)),
     "vgg16": (lambda: build_model("vgg16", 10, (3, 32, 32)), (2, 3, 32, 32)),
     "preresnet": (lambda: PreResNet(10, depth=11), (2, 3, 32, 32)),  # one block per stage: the same places
+    "resnet18": (lambda: build_model("resnet18", 10, (3, 32, 32)), (2, 3, 32, 32)),
 }
 
 
@@ -35,6 +36,14 @@ def torch_random():
     it, the seeds of stochastic rounding are the eager run's."""
     with torch._inductor.config.patch(fallback_random=True):
         yield
+
+
+@pytest.mark.slow
+def test_no_graph_break_in_preresnet164(one_thread):
+    """All 325 Quantizers of the paper's PreResNet-164 in one graph (12 s to trace here)."""
+    model = swalp.quantize_model(build_model("preresnet164", 10, (3, 32, 32)), "paper")
+    explained = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32, requires_grad=True))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
 
 
 def grads_after_one_pass(model, net, x, seed=0):
