@@ -36,7 +36,7 @@ from .formats import (
     get_format,
 )
 from .nn import Quantizer, full_precision, quantize_model, set_quantizers
-from .ops import quantize
+from .ops import PackedTensor, pack, quantize
 from .optim import SWALPLR, LowPrecisionOptimizer, WeightAverage, update_bn
 from .recipes import Recipe, get_recipe
 
@@ -70,4 +70,6 @@ __all__ = [
     "SWALPLR",
     "set_quantizers",
     "full_precision",
+    "pack",
+    "PackedTensor",
 ]

@@ -6,6 +6,7 @@
   implement, and how a format becomes the ops' parameter vectors.
 * ``cpu/``: C++ kernels for CPU tensors, built on first use ("cpp").
 * ``triton/``: Triton kernels for CUDA tensors ("triton", where a GPU and triton exist).
+* ``packed.py``: :func:`pack`, the same numbers stored as the format's codes (8 bits).
 
 Importing this package registers the backends (nothing is compiled until first use).
 Every backend is bit-identical to the reference, stochastic rounding included.
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 from . import cpu, triton
 from ._dispatch import FLOAT_DTYPES, Backend, backends, quantize, register_backend
+from .packed import PackedTensor, pack
 
-__all__ = ["Backend", "FLOAT_DTYPES", "backends", "quantize", "register_backend"]
+__all__ = ["Backend", "FLOAT_DTYPES", "PackedTensor", "backends", "pack", "quantize", "register_backend"]
 
 register_backend(cpu.BACKEND)
 if triton.available():  # pragma: no cover - needs a GPU

@@ -134,6 +134,14 @@ def quantize(
         >>> swalp.quantize(torch.tensor([0.3, -1.7]), swalp.FixedPoint(4, 2), "nearest")
         tensor([ 0.2500, -1.7500])
     """
+    fmt, rounding, seed = check_args(x, fmt, rounding, seed)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _StraightThrough.apply(x, fmt, rounding, seed, backend)
+    return dispatch(x, fmt, rounding, seed, backend)
+
+
+def check_args(x, fmt, rounding, seed) -> tuple[Format, Rounding, int | None]:
+    """:func:`quantize`'s argument checks; returns the format, rounding and seed as objects."""
     if not isinstance(x, Tensor):
         raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
@@ -147,9 +155,7 @@ def quantize(
     block = getattr(fmt, "block", None)
     if block is not None and hasattr(block, "axis") and x.dim() > 0:
         axis_index(block.axis, x.dim())
-    if x.requires_grad and torch.is_grad_enabled():
-        return _StraightThrough.apply(x, fmt, rounding, seed, backend)
-    return dispatch(x, fmt, rounding, seed, backend)
+    return fmt, rounding, seed
 
 
 class _StraightThrough(torch.autograd.Function):

@@ -72,8 +72,14 @@ def int_bound(q: int, dtype: torch.dtype) -> float:
 
 
 def _round_int(x: Tensor, shift: Tensor, qmin: int, qmax: int, rounding, u) -> Tensor:
+    """The integer codes ``clamp(R(x * 2^shift))``, as values of ``x``'s dtype.
+
+    ``+ 0.0`` turns a -0.0 (nearest rounding of a small negative value) into +0.0: an
+    integer code has no negative zero, so the packed form (swalp/ops/packed.py) holds
+    exactly these values.
+    """
     q = _round(pow2_mul(x, shift), rounding, u).clamp_(int_bound(qmin, x.dtype), int_bound(qmax, x.dtype))
-    return pow2_mul(q, -shift)
+    return q.add_(0.0)
 
 
 def float_bound(fmt: FloatFormat, dtype: torch.dtype) -> float:
@@ -140,19 +146,32 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def round_to_grid(x: Tensor, fmt, rounding: Rounding, seed: int | None) -> Tensor:
     """Reference rounding of ``x`` onto ``fmt``'s grid (arguments already validated by the caller)."""
+    return decode(*encode(x, fmt, rounding, seed)).to(x.dtype)
+
+
+def encode(x: Tensor, fmt, rounding: Rounding, seed: int | None) -> tuple[Tensor, Tensor | None]:
+    """``(codes, e)`` with ``round_to_grid(x) == codes * 2^e`` (``e`` None: 0), in the compute dtype.
+
+    ``codes`` are the integers of FixedPoint and BlockFloat, the element values of
+    FloatFormat and MXFloat (each a value of the element format); ``e`` is per element
+    (broadcast from the block's exponent). What :func:`swalp.ops.pack` stores.
+    """
     xc = x.detach().to(compute_dtype(x.dtype))
     u = uniform(x.shape, seed, xc.dtype, x.device) if rounding is Rounding.STOCHASTIC else None
     if isinstance(fmt, FixedPoint):
         shift = torch.tensor(fmt.fl, dtype=torch.int32, device=x.device)
-        out = _round_int(xc, shift, -(2 ** (fmt.wl - 1)), 2 ** (fmt.wl - 1) - 1, rounding, u)
-    elif isinstance(fmt, BlockFloat):
+        return _round_int(xc, shift, -(2 ** (fmt.wl - 1)), 2 ** (fmt.wl - 1) - 1, rounding, u), -shift
+    if isinstance(fmt, BlockFloat):
         shift = (fmt.wl - 2) - block_exponent(xc, fmt.block, fmt.emin, fmt.emax)
-        out = _round_int(xc, shift, fmt.qmin, fmt.qmax, rounding, u)
-    elif isinstance(fmt, FloatFormat):
-        out = _round_float(xc, fmt, rounding, u)
-    elif isinstance(fmt, MXFloat):
+        return _round_int(xc, shift, fmt.qmin, fmt.qmax, rounding, u), -shift
+    if isinstance(fmt, FloatFormat):
+        return _round_float(xc, fmt, rounding, u), None
+    if isinstance(fmt, MXFloat):
         scale = block_exponent(xc, fmt.block, fmt.emin, fmt.emax, offset=fmt.element.emax)
-        out = pow2_mul(_round_float(pow2_mul(xc, -scale), fmt.element, rounding, u), scale)
-    else:  # pragma: no cover - the caller validates
-        raise TypeError(fmt)
-    return out.to(x.dtype)
+        return _round_float(pow2_mul(xc, -scale), fmt.element, rounding, u), scale
+    raise TypeError(fmt)  # pragma: no cover - the caller validates
+
+
+def decode(codes: Tensor, e: Tensor | None) -> Tensor:
+    """``codes * 2^e``, exactly (the values :func:`encode` stands for)."""
+    return codes if e is None else pow2_mul(codes, e)

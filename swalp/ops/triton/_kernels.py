@@ -153,7 +153,7 @@ def quantize_kernel(x_ptr, y_ptr, m_ptr, key, bound_ptr, n, L, inner, G, size,
         hi = tl.load(bound_ptr + 1)
         q = _round(_pow2_mul(v, k, F64), i, k0, k1, STOCH, F64)
         q = tl.where(q < lo, lo, q)
-        q = tl.where(q > hi, hi, q)
+        q = tl.where(q > hi, hi, q) + 0.0  # -0 -> +0: integer codes have no -0 (as the reference)
         out = _pow2_mul(q, -k, F64)
     else:  # small float, MX-scaled by 2^-e first
         w = v

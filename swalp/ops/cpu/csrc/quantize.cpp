@@ -164,7 +164,7 @@ void int_span(const T* __restrict x, T* __restrict y, int64_t n, Rng r, int k,
     T s;
     if constexpr (VEC) s = pow2_mul(x[j], ks[j]);
     else s = x[j] * a1 * a2;
-    const T q = clamp_nan(round_<T, STOCH>(s, r, c), lo, hi);
+    const T q = clamp_nan(round_<T, STOCH>(s, r, c), lo, hi) + T(0);  // -0 -> +0: integer codes have no -0
     if constexpr (VEC) y[j] = pow2_mul(q, -ks[j]);
     else y[j] = q * b1 * b2;
   }

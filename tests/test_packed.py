@@ -1,0 +1,95 @@
+"""swalp.pack: codes and per-block exponents that unpack to quantize's values, bit for bit."""
+
+import pytest
+import torch
+
+import swalp
+from swalp.formats import (
+    FP8_E4M3,
+    FP8_E5M2,
+    MXFP4_E2M1,
+    MXFP8_E4M3,
+    MXFP8_E5M2,
+    MXINT8,
+    BFLOAT16,
+    FLOAT16,
+    BlockFloat,
+    FixedPoint,
+    PerAxis,
+    PerGroup,
+)
+
+from test_kernels import assert_bitwise, sample
+
+INTEGER = [
+    FixedPoint(8, 6), FixedPoint(4, 2), FixedPoint(16, 10), FixedPoint(32, 3),
+    BlockFloat(8), BlockFloat(4, ebits=1), BlockFloat(8, block=PerAxis(0)), BlockFloat(8, block=PerAxis(1)),
+    BlockFloat(8, block=PerAxis(-1)), BlockFloat(6, block=PerGroup(7, 1)), BlockFloat(5, block=PerGroup(7, 0)),
+    BlockFloat(16, block=PerGroup(32)), MXINT8,
+]  # fmt: skip
+FLOATS = [FP8_E4M3, FP8_E5M2, BFLOAT16, FLOAT16, MXFP8_E4M3, MXFP8_E5M2, swalp.MXFloat(FP8_E4M3, block=PerAxis(0))]
+SHAPES = [(17, 13, 3), (5, 70), (100,), (), (1, 1, 1), (0,), (3, 0)]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def cases(fmt, specials):
+    axis = getattr(getattr(fmt, "block", None), "axis", 0)
+    for shape in SHAPES:
+        if len(shape) and not -len(shape) <= axis < len(shape):
+            continue
+        x = sample(shape, seed=len(shape), specials=specials)
+        if not specials and x.numel() > 20:
+            x.view(-1)[:4] = torch.tensor([0.0, -0.0, 1e-42, 3e38])  # zero, tiny, huge: no NaN
+            if x.dim() == 2:
+                x[1] = 0.0  # an all-zero row: its block exponent is emin
+        for dtype in DTYPES:
+            yield x.to(dtype)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("fmt", INTEGER + FLOATS, ids=repr)
+def test_unpack_is_quantize_bit_for_bit(fmt, rounding):
+    specials = fmt in FLOATS  # integer formats have no NaN code
+    for x in cases(fmt, specials):
+        p = swalp.pack(x, fmt, rounding, seed=11)
+        want = swalp.quantize(x, fmt, rounding, seed=11, backend="reference")
+        assert_bitwise(p.unpack(x.dtype), want)
+        assert_bitwise(p.unpack(x.dtype), swalp.quantize(x, fmt, rounding, seed=11))  # the default backend too
+
+
+def test_codes_are_one_byte_and_exponents_one_per_block():
+    w = torch.randn(64, 27)
+    p = swalp.pack(w, BlockFloat(8, block=PerAxis(0)), "stochastic", seed=0)
+    assert (p.codes.dtype, p.codes.shape, p.exponents.dtype, p.exponents.shape) == (torch.int8, (64, 27), torch.int8, (64,))
+    assert p.nbytes == 64 * 27 + 64  # against 4 * 64 * 27 in float32
+    tiles = swalp.pack(torch.randn(3, 70), MXINT8)
+    assert tiles.exponents.shape == (3, 3) and tiles.nbytes == 3 * 70 + 9  # 70 = 32 + 32 + a ragged 6
+    fp8 = swalp.pack(torch.randn(10), FP8_E5M2)
+    assert fp8.codes.dtype == torch.float8_e5m2 and fp8.exponents is None and fp8.nbytes == 10
+    assert swalp.pack(torch.randn(10), FixedPoint(16, 8)).codes.dtype == torch.int16
+
+
+def test_hand_values():
+    x = torch.tensor([[0.3, -1.7, 5.0], [0.01, 0.02, -0.03]])
+    p = swalp.pack(x, BlockFloat(8, block=PerAxis(0)))
+    # row 0: max 5.0 -> e = 2, grid 2^(2 - 6) = 1/16; row 1: max 0.03 -> e = -6, grid 2^-12
+    assert p.exponents.tolist() == [2, -6]
+    assert p.codes.tolist() == [[5, -27, 80], [41, 82, -123]]
+    assert swalp.pack(torch.tensor([0.3, -1.7]), FixedPoint(4, 2)).codes.tolist() == [1, -7]
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"cannot pack NaN into BlockFloat.*no NaN code"):
+        swalp.pack(torch.tensor([1.0, float("nan")]), "bfp8")
+    with pytest.raises(ValueError, match="no packed form for FloatFormat"):
+        swalp.pack(torch.ones(32), MXFP4_E2M1)
+    with pytest.raises(ValueError, match="cannot quantize a torch.int64 tensor"):
+        swalp.pack(torch.ones(3, dtype=torch.int64), "bfp8")
+    with pytest.raises(ValueError, match="unknown format preset"):
+        swalp.pack(torch.ones(3), "int3")
+
+
+def test_moves_between_devices_and_keeps_its_values():
+    p = swalp.pack(torch.randn(4, 40), MXFP8_E4M3, "stochastic", seed=3)
+    assert torch.equal(p.to("cpu").unpack(), p.unpack())
+    assert "PackedTensor(shape=(4, 40)" in repr(p)
