@@ -44,3 +44,12 @@ def test_quantizers_draw_from_their_generator():
     before = torch.get_rng_state()
     swalp.quantize_model(net, "paper", generator=torch.Generator().manual_seed(0))(x2)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_quantize_and_pack_draw_a_missing_seed_from_their_generator():
+    x = torch.randn(100)
+    before = torch.get_rng_state()
+    a = swalp.quantize(x, "bfp8", "stochastic", generator=torch.Generator().manual_seed(4))
+    b = swalp.pack(x, "bfp8", "stochastic", generator=torch.Generator().manual_seed(4)).unpack()
+    assert torch.equal(torch.get_rng_state(), before) and torch.equal(a, b)
+    assert not torch.equal(a, swalp.quantize(x, "bfp8", "stochastic", generator=torch.Generator().manual_seed(5)))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_choice
-from .._rng import check_seed, draw_seed
+from .._rng import check_generator, check_seed, draw_seed
 from ..formats import FORMAT_TYPES, Format, Rounding, get_format
 from ._reference import axis_index, round_to_grid
 
@@ -101,6 +101,7 @@ def quantize(
     seed: int | None = None,
     *,
     backend: str | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Round ``x`` onto the grid of ``fmt``.
 
@@ -112,9 +113,11 @@ def quantize(
             ``"stochastic"`` (unbiased; what SWALP's training uses).
         seed: for stochastic rounding: element ``i`` (row-major in ``x``'s shape) gets
             random bits that depend only on ``(seed, i)``, whatever the backend or the
-            number of threads. ``None`` draws a seed from torch's global generator.
+            number of threads. ``None`` draws a seed (for stochastic rounding only) from
+            ``generator``, or else from torch's global generator.
         backend: ``None``/``"auto"`` picks the fastest registered backend that supports
             the input; ``"reference"`` forces the pure-PyTorch definition.
+        generator: a ``torch.Generator`` to draw a missing seed from.
 
     Returns:
         A tensor of ``x``'s shape, dtype and device (contiguous), every value on the grid.
@@ -135,6 +138,8 @@ def quantize(
         tensor([ 0.2500, -1.7500])
     """
     fmt, rounding, seed = check_args(x, fmt, rounding, seed)
+    if seed is None and rounding is Rounding.STOCHASTIC and check_generator(generator) is not None:
+        seed = draw_seed(generator)
     if x.requires_grad and torch.is_grad_enabled():
         return _StraightThrough.apply(x, fmt, rounding, seed, backend)
     return dispatch(x, fmt, rounding, seed, backend)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._rng import draw_seed
+from .._rng import check_generator, draw_seed
 from ..formats import BlockFloat, FixedPoint, FloatFormat, Format, MXFloat, PerAxis, PerGroup, Rounding
 from ._dispatch import check_args
 from ._reference import axis_index, compute_dtype, decode, encode
@@ -112,12 +112,13 @@ class PackedTensor:
         return f"PackedTensor(shape={tuple(self.shape)}, fmt={self.fmt!r}, codes={self.codes.dtype}, nbytes={self.nbytes})"
 
 
-def pack(x: Tensor, fmt: Format | str, rounding: Rounding | str = "nearest", seed: int | None = None) -> PackedTensor:
+def pack(x: Tensor, fmt: Format | str, rounding: Rounding | str = "nearest", seed: int | None = None, *,
+         generator: torch.Generator | None = None) -> PackedTensor:
     """Round ``x`` onto ``fmt``'s grid, as :func:`swalp.quantize` does, and keep it packed.
 
     Args:
         x: a float16, bfloat16, float32 or float64 tensor of any shape (empty too).
-        fmt, rounding, seed: as :func:`swalp.quantize` (its rounding, its random bits).
+        fmt, rounding, seed, generator: as :func:`swalp.quantize` (its rounding, its random bits).
 
     Returns:
         a :class:`PackedTensor` whose ``unpack(x.dtype)`` equals
@@ -129,7 +130,7 @@ def pack(x: Tensor, fmt: Format | str, rounding: Rounding | str = "nearest", see
     """
     fmt, rounding, seed = check_args(x, fmt, rounding, seed)
     if rounding is Rounding.STOCHASTIC and seed is None:
-        seed = draw_seed()
+        seed = draw_seed(check_generator(generator))
     element = fmt.element if isinstance(fmt, MXFloat) else fmt
     if isinstance(element, FloatFormat):
         container = _float_container(element)
