@@ -76,11 +76,12 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def bench_one(x, y, fmt, rounding, backend, repeats) -> tuple[float, float]:
-    """Median seconds of one quantize call and of one torch.mul, measured alternately."""
+def bench_one(x, y, fmt, rounding, backend, repeats, packed=False) -> tuple[float, float]:
+    """Median seconds of one quantize (or, ``packed``, one pack) call and of one torch.mul,
+    measured alternately."""
 
     def quant():
-        swalp.quantize(x, fmt, rounding, seed=0, backend=backend)
+        (swalp.pack if packed else swalp.quantize)(x, fmt, rounding, seed=0, backend=backend)
 
     def mul():
         torch.mul(x, 2, out=y)
@@ -104,6 +105,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()], help="torch.set_num_threads values")
     p.add_argument("--repeats", type=int, default=3, help="timed quantize runs per record, median reported (default 3)")
     p.add_argument("--device", default="cpu", help="torch device of the tensor (default cpu)")
+    p.add_argument("--packed", action="store_true",
+                   help="also time swalp.pack (int8 codes and exponents, a quarter of the bytes written)")
     p.add_argument("--json", metavar="FILE", help="also write the records as JSON")
     args = p.parse_args(argv)
 
@@ -128,6 +131,7 @@ def main(argv=None) -> int:
 
     records = []
     header = f"{'format':<18}{'rounding':<12}{'backend':<12}{'threads':>8}{'Melem/s':>10}{'ratio':>8}"
+    header += f"{'packed ratio':>14}" if args.packed else ""
     print(header)
     print("-" * len(header))
     for threads in args.threads:
@@ -156,9 +160,14 @@ def main(argv=None) -> int:
                         swalp=swalp.__version__,
                         machine=info,
                     )
+                    line = ""
+                    if args.packed:
+                        tp, tm2 = bench_one(x, y, fmt, rounding, backend, args.repeats, packed=True)
+                        rec.update(packed_seconds=tp, packed_mul_seconds=tm2, packed_ratio_to_mul=tm2 / tp)
+                        line = f"{tm2 / tp:>14.3f}"
                     records.append(rec)
                     speed, ratio = rec["elems_per_s"] / 1e6, rec["ratio_to_mul"]
-                    print(f"{name:<18}{rounding:<12}{backend:<12}{threads:>8}{speed:>10.1f}{ratio:>8.3f}")
+                    print(f"{name:<18}{rounding:<12}{backend:<12}{threads:>8}{speed:>10.1f}{ratio:>8.3f}" + line)
                     sys.stdout.flush()
 
     if args.json:

@@ -18,11 +18,11 @@ def run(script, *args, timeout=180):
 
 def test_quantize_benchmark_writes_a_record_per_format_and_rounding(tmp_path):
     out = run("quantize.py", "--numel", "4096", "--formats", "bfp8_row", "fixed8", "--rounding", "stochastic",
-              "--backend", "cpp", "--threads", "1", "--repeats", "1", "--json", str(tmp_path / "q.json"))
+              "--backend", "cpp", "--threads", "1", "--repeats", "1", "--packed", "--json", str(tmp_path / "q.json"))
     assert out.returncode == 0, out.stderr[-2000:]
     records = json.loads((tmp_path / "q.json").read_text())
     rows = records["results"] if isinstance(records, dict) else records
-    assert len(rows) == 2 and all(r["ratio_to_mul"] > 0 for r in rows)
+    assert len(rows) == 2 and all(r["ratio_to_mul"] > 0 and r["packed_ratio_to_mul"] > 0 for r in rows)
 
 
 def test_train_step_benchmark_times_both_recipes(tmp_path):

@@ -19,6 +19,7 @@ from swalp.formats import (
     PerGroup,
 )
 
+from swalp.ops._schema import run_op_pack
 from test_kernels import assert_bitwise, sample
 
 INTEGER = [
@@ -93,3 +94,47 @@ def test_moves_between_devices_and_keeps_its_values():
     p = swalp.pack(torch.randn(4, 40), MXFP8_E4M3, "stochastic", seed=3)
     assert torch.equal(p.to("cpu").unpack(), p.unpack())
     assert "PackedTensor(shape=(4, 40)" in repr(p)
+
+
+# ----------------------------------------------------------------------------- the C++ packing kernel
+
+KERNEL_CASES = [  # every path of swalp/ops/cpu/csrc/quantize.cpp: per tensor, fused rows, long rows,
+    ((1000, 70), BlockFloat(8)),  # columns, strided blocks, runs of tiles, tiles across rows
+    ((64, 3000), BlockFloat(8, block=PerAxis(0))),
+    ((1, 200_000), BlockFloat(8, block=PerAxis(0))),
+    ((300, 50), BlockFloat(6, block=PerAxis(1))),
+    ((4, 30, 50), BlockFloat(8, block=PerAxis(1))),
+    ((5, 1000), MXINT8),
+    ((50, 40), BlockFloat(5, block=PerGroup(7, 0))),
+    ((7, 33), BlockFloat(8, block=PerGroup(64))),  # a tile longer than the axis
+    ((100,), BlockFloat(8, block=PerAxis(0))),  # a block per element
+    ((3000,), FixedPoint(8, 6)),
+    ((), BlockFloat(8, block=PerAxis(0))),
+    ((0, 5), BlockFloat(8, block=PerAxis(1))),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("shape, fmt", KERNEL_CASES, ids=lambda v: repr(v))
+def test_cpp_kernel_packs_exactly_as_the_reference(shape, fmt, rounding, dtype):
+    assert swalp.ops.cpu.load()
+    x = sample(shape, seed=3, specials=False).to(dtype)
+    if x.numel() > 40:
+        x.view(-1)[:3] = torch.tensor([0.0, 1e-42, float("inf")])
+    codes, exponents = run_op_pack(x, fmt, swalp.Rounding.parse(rounding), 99)  # the C++ op itself
+    ref = swalp.pack(x, fmt, rounding, seed=99, backend="reference")
+    assert codes.dtype == torch.int8 and torch.equal(codes, ref.codes)
+    if ref.exponents is None:
+        assert exponents.numel() == 0
+    else:
+        assert exponents.shape == ref.exponents.shape and torch.equal(exponents, ref.exponents)
+    fast = swalp.pack(x, fmt, rounding, seed=99)  # the default backend takes the kernel
+    assert_bitwise(fast.unpack(dtype), swalp.quantize(x, fmt, rounding, seed=99))
+
+
+def test_cpp_kernel_refuses_nan_with_the_format_named():
+    x = torch.randn(1000)
+    x[500] = float("nan")
+    with pytest.raises(ValueError, match=r"cannot pack NaN into BlockFloat\(wl=8.*no NaN code"):
+        swalp.pack(x, "bfp8", backend="cpp")

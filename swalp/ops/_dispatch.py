@@ -42,6 +42,9 @@ class Backend:
             :class:`swalp.Quantizer` computes (``fwd`` rounding forward, ``bwd`` rounding the
             gradient, seeds drawn as ``quantize(seed=None)`` draws them) with a faster
             autograd node; None where it cannot run, and the Quantizer does it in Python.
+        pack: optional ``pack(x, fmt, rounding, seed) -> (codes, exponents) or None``: round
+            straight into :func:`swalp.ops.pack`'s form in one pass; None where it does not
+            apply (the reference then packs).
         seeded: optional ``seeded(x, fmt, rounding, seed) -> Tensor``: ``fn`` with the seed
             as a tensor (one int64 on the CPU), the form ``torch.compile`` traces without a
             graph break (the seed drawn by ``torch.randint`` in the graph). Without it, the
@@ -55,6 +58,7 @@ class Backend:
     many: Callable | None = None
     ste: Callable | None = None
     seeded: Callable | None = None
+    pack: Callable | None = None
 
     def round_seeded(self, x: Tensor, fmt: Format, rounding: Rounding, seed: Tensor) -> Tensor:
         """``seeded``, or ``fn`` with the seed read back to a Python int."""

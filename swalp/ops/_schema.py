@@ -111,6 +111,19 @@ def _fake_seeded(x, kind, p, f, rounding, seed):
     return x.new_empty(x.shape)
 
 
+# Round straight into packed form: (int8 codes, int8 exponents per block), as
+# swalp/ops/packed.py keeps them. Integer formats of at most 8 bits; CPU (C++).
+torch.library.define(
+    "swalp::quantize_pack",
+    "(Tensor x, int kind, int[] p, float[] f, int rounding, int k0, int k1) -> (Tensor, Tensor)",
+)
+
+
+@torch.library.register_fake("swalp::quantize_pack")
+def _fake_pack(x, kind, p, f, rounding, k0, k1):
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((0,), dtype=torch.int8)
+
+
 # In place, many tensors in one call: the optimizer rounds dozens of small tensors a step,
 # where one call each costs more than the rounding. The parameters of tensor t are
 # kind[t], p[len(Params) t : len(Params) (t + 1)], f likewise with Bounds, k0[t], k1[t]. CPU only.
@@ -207,6 +220,11 @@ def run_op_seeded(x: Tensor, fmt, rounding: Rounding, seed: Tensor) -> Tensor:
     """Run ``swalp::quantize_seeded``: ``seed`` is one int64 on the CPU (or ignored for nearest)."""
     kind, p, f = packed(fmt, x.dtype, x.dim())
     return torch.ops.swalp.quantize_seeded.default(x, kind, p, f, int(rounding is Rounding.STOCHASTIC), seed)
+
+
+def run_op_pack(x: Tensor, fmt, rounding: Rounding, seed: int | None) -> tuple[Tensor, Tensor]:
+    """Run ``swalp::quantize_pack``: ``(codes, exponents)``."""
+    return torch.ops.swalp.quantize_pack.default(x, *pack(x, fmt, rounding, seed))
 
 
 def run_op_many_(xs: list[Tensor], fmts: list, rounding: Rounding, seeds: list[int | None]) -> None:

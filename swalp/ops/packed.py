@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .._rng import check_generator, draw_seed
 from ..formats import BlockFloat, FixedPoint, FloatFormat, Format, MXFloat, PerAxis, PerGroup, Rounding
-from ._dispatch import check_args
+from ._dispatch import check_args, pick_backend
 from ._reference import axis_index, compute_dtype, decode, encode
 
 __all__ = ["PackedTensor", "pack"]
@@ -113,12 +113,15 @@ class PackedTensor:
 
 
 def pack(x: Tensor, fmt: Format | str, rounding: Rounding | str = "nearest", seed: int | None = None, *,
-         generator: torch.Generator | None = None) -> PackedTensor:
+         backend: str | None = None, generator: torch.Generator | None = None) -> PackedTensor:
     """Round ``x`` onto ``fmt``'s grid, as :func:`swalp.quantize` does, and keep it packed.
 
     Args:
         x: a float16, bfloat16, float32 or float64 tensor of any shape (empty too).
-        fmt, rounding, seed, generator: as :func:`swalp.quantize` (its rounding, its random bits).
+        fmt, rounding, seed, backend, generator: as :func:`swalp.quantize` (its rounding,
+            its random bits). A backend with a packing kernel (C++ on CPU, for integer
+            formats of up to 8 bits) rounds straight into codes in one pass; otherwise the
+            reference packs.
 
     Returns:
         a :class:`PackedTensor` whose ``unpack(x.dtype)`` equals
@@ -131,6 +134,14 @@ def pack(x: Tensor, fmt: Format | str, rounding: Rounding | str = "nearest", see
     fmt, rounding, seed = check_args(x, fmt, rounding, seed)
     if rounding is Rounding.STOCHASTIC and seed is None:
         seed = draw_seed(check_generator(generator))
+    kernel = pick_backend(backend, x, fmt).pack
+    try:
+        fast = None if kernel is None else kernel(x.detach(), fmt, rounding, seed)
+    except ValueError:  # the kernel met a NaN
+        raise ValueError(f"cannot pack NaN into {fmt!r}: the format has no NaN code") from None
+    if fast is not None:
+        codes, exponents = fast
+        return PackedTensor(codes, None if isinstance(fmt, FixedPoint) else exponents, fmt)
     element = fmt.element if isinstance(fmt, MXFloat) else fmt
     if isinstance(element, FloatFormat):
         container = _float_container(element)

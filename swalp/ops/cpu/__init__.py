@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from ...formats import Rounding
+from ...formats import BlockFloat, FixedPoint, Rounding
 from .._dispatch import Backend
 from .._reference import round_to_grid
-from .._schema import pack, run_op, run_op_many_, run_op_seeded
+from .._schema import pack, run_op, run_op_many_, run_op_pack, run_op_seeded
 from ._build import failed, load
 
 __all__ = ["BACKEND", "load"]
@@ -40,6 +40,11 @@ def _seeded(x, fmt, rounding, seed):
     if not load():
         return round_to_grid(x, fmt, rounding, int(seed))
     return run_op_seeded(x, fmt, rounding, seed)
+
+
+def _pack(x, fmt, rounding, seed):
+    fits = isinstance(fmt, (FixedPoint, BlockFloat)) and fmt.wl <= 8 and x.dtype in (torch.float32, torch.float64)
+    return run_op_pack(x, fmt, rounding, seed) if fits and load() else None
 
 
 def _many_(xs, fmts, rounding, seeds) -> None:
@@ -62,4 +67,4 @@ def _supports(x, fmt) -> bool:
     return x.is_cpu and not failed()  # is_cpu, not device.type: this runs per tensor per step
 
 
-BACKEND = Backend("cpp", _fn, _supports, priority=10, many=_many_, ste=_ste, seeded=_seeded)
+BACKEND = Backend("cpp", _fn, _supports, priority=10, many=_many_, ste=_ste, seeded=_seeded, pack=_pack)

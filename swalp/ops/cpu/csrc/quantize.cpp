@@ -24,10 +24,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -154,20 +156,30 @@ struct Spec {
 };
 
 // Integer grids (FixedPoint, BlockFloat): q = clamp(R(x * 2^k)) * 2^-k, k constant or per element.
-template <typename T, bool STOCH, bool VEC>
-void int_span(const T* __restrict x, T* __restrict y, int64_t n, Rng r, int k,
-              const int32_t* __restrict ks, T lo, T hi) {
+// With an integer output type O the codes q themselves are written (swalp::quantize_pack);
+// a NaN, which no code holds, is written as 0 and counted in the return value.
+template <typename T, bool STOCH, bool VEC, typename O>
+int64_t int_span(const T* __restrict x, O* __restrict y, int64_t n, Rng r, int k,
+                 const int32_t* __restrict ks, T lo, T hi) {
   const T a1 = pow2<T>(k >> 1), a2 = pow2<T>(k - (k >> 1));
   const T b1 = pow2<T>((-k) >> 1), b2 = pow2<T>(-k - ((-k) >> 1));
   uint32_t c = r.lo;
+  int64_t nan = 0;
   for (int64_t j = 0; j < n; ++j, ++c) {
     T s;
     if constexpr (VEC) s = pow2_mul(x[j], ks[j]);
     else s = x[j] * a1 * a2;
     const T q = clamp_nan(round_<T, STOCH>(s, r, c), lo, hi) + T(0);  // -0 -> +0: integer codes have no -0
-    if constexpr (VEC) y[j] = pow2_mul(q, -ks[j]);
-    else y[j] = q * b1 * b2;
+    if constexpr (std::is_integral_v<O>) {
+      nan += q != q;
+      y[j] = static_cast<O>(q == q ? q : T(0));
+    } else if constexpr (VEC) {
+      y[j] = pow2_mul(q, -ks[j]);
+    } else {
+      y[j] = q * b1 * b2;
+    }
   }
+  return nan;
 }
 
 // Small floats (FloatFormat; MXFloat when MX: scaled by 2^-scale before, 2^scale after).
@@ -193,10 +205,20 @@ void float_span(const T* __restrict x, T* __restrict y, int64_t n, Rng r, int sc
   }
 }
 
-template <typename In> struct Quant {
+// Out = In: the grid values (swalp::quantize). Out = int8_t: the integer codes, with each
+// block's exponent written to exps (swalp::quantize_pack; integer formats, float inputs).
+template <typename In, typename Out = In> struct Quant {
   using T = std::conditional_t<std::is_same_v<In, double>, double, float>;
   using U = typename FP<T>::S;  // block maxima as the bits of |x| (see abs_bits)
   const Spec& s;
+  int8_t* exps = nullptr;              // one exponent per block, in swalp/ops/packed.py's layout
+  std::atomic<int64_t>* nan = nullptr;  // NaN elements seen while packing
+
+  // The block's shift k, written down as its exponent (wl - 2) - k when packing.
+  int32_t note(int64_t block, int32_t k) const {
+    if (exps != nullptr) exps[block] = static_cast<int8_t>((s.wl - 2) - k);
+    return k;
+  }
 
   // Shift of a BlockFloat block (or scale of an MX block) from its maximum's bits.
   int block_param(U m) const {
@@ -216,16 +238,21 @@ template <typename In> struct Quant {
     return m;
   }
 
-  void kernel(const T* x, T* y, int64_t n, Rng r, int k, const int32_t* ks) const {
+  template <typename O> void kernel(const T* x, O* y, int64_t n, Rng r, int k, const int32_t* ks) const {
     const bool v = ks != nullptr;
     if (s.kind == FIXED_POINT || s.kind == BLOCK_FLOAT) {
       const T lo = static_cast<T>(s.qmin), hi = static_cast<T>(s.qmax);
-      if (s.stoch && v) int_span<T, true, true>(x, y, n, r, k, ks, lo, hi);
-      else if (s.stoch) int_span<T, true, false>(x, y, n, r, k, ks, lo, hi);
-      else if (v) int_span<T, false, true>(x, y, n, r, k, ks, lo, hi);
-      else int_span<T, false, false>(x, y, n, r, k, ks, lo, hi);
+      int64_t bad;
+      if (s.stoch && v) bad = int_span<T, true, true>(x, y, n, r, k, ks, lo, hi);
+      else if (s.stoch) bad = int_span<T, true, false>(x, y, n, r, k, ks, lo, hi);
+      else if (v) bad = int_span<T, false, true>(x, y, n, r, k, ks, lo, hi);
+      else bad = int_span<T, false, false>(x, y, n, r, k, ks, lo, hi);
+      if (bad && nan != nullptr) *nan += bad;
       return;
     }
+    if constexpr (std::is_integral_v<O>) {
+      TORCH_CHECK(false, "swalp::quantize_pack: integer formats only");
+    } else {
     const T big = static_cast<T>(s.big);
 #define SWALP_FLOAT(MX) \
   (s.stoch ? (s.sat ? float_span<T, true, true, MX>(x, y, n, r, k, ks, s.man, s.femin, big)       \
@@ -236,17 +263,20 @@ template <typename In> struct Quant {
     else if (v) SWALP_FLOAT(2);
     else SWALP_FLOAT(1);
 #undef SWALP_FLOAT
+    }
   }
 
   // Quantize n contiguous elements whose first logical index is i0, with shift/scale k
   // (or ks[j] per element when ks is given).
-  void span(const In* x, In* y, int64_t n, int64_t i0, int k, const int32_t* ks) const {
+  void span(const In* x, Out* y, int64_t n, int64_t i0, int k, const int32_t* ks) const {
     while (n > 0) {
       // Split where the high 32 bits of the index change, so that Rng::hi is constant.
       const int64_t m = std::min<int64_t>(n, (int64_t(1) << 32) - (i0 & 0xffffffffLL));
       const Rng r{static_cast<uint32_t>(i0) + s.k0, static_cast<uint32_t>(uint64_t(i0) >> 32) + s.k1};
       if constexpr (std::is_same_v<In, T>) {
         kernel(x, y, m, r, k, ks);
+      } else if constexpr (!std::is_same_v<In, Out>) {
+        TORCH_CHECK(false, "swalp::quantize_pack: float32 or float64 input");
       } else {  // 16-bit input: convert a tile to float, quantize, convert back
         T bx[TILE], by[TILE];
         for (int64_t t = 0; t < m; t += TILE) {
@@ -261,7 +291,7 @@ template <typename In> struct Quant {
     }
   }
 
-  void elementwise(const In* x, In* y, int64_t n, int64_t i0, int k) const {
+  void elementwise(const In* x, Out* y, int64_t n, int64_t i0, int k) const {
     at::parallel_for(0, n, GRAIN, [&](int64_t b, int64_t e) { span(x + b, y + b, e - b, i0 + b, k, nullptr); });
   }
 
@@ -271,23 +301,23 @@ template <typename In> struct Quant {
         [](U a, U b) { return std::max(a, b); });
   }
 
-  void per_tensor(const In* x, In* y, int64_t n, int64_t i0) const {
-    elementwise(x, y, n, i0, block_param(parallel_absmax(x, n)));
+  void per_tensor(const In* x, Out* y, int64_t n, int64_t i0, int64_t block = 0) const {
+    elementwise(x, y, n, i0, note(block, block_param(parallel_absmax(x, n))));
   }
 
   // One block per index l along the axis: block l is rows (o, l) of `inner` elements.
-  void per_axis(const In* x, In* y, int64_t outer, int64_t L, int64_t inner) const {
+  void per_axis(const In* x, Out* y, int64_t outer, int64_t L, int64_t inner) const {
     if (outer == 1 && inner == 1) return per_group(x, y, 1, L, 1, 1);  // a block per element
     if (outer == 1 && L >= at::get_num_threads() && inner <= FUSE_ROW) {
       // Each block is one contiguous row that fits in cache: max, then quantize it.
       at::parallel_for(0, L, std::max<int64_t>(1, GRAIN / inner), [&](int64_t b, int64_t e) {
         for (int64_t l = b; l < e; ++l)
-          span(x + l * inner, y + l * inner, inner, l * inner, block_param(absmax(x + l * inner, inner)), nullptr);
+          span(x + l * inner, y + l * inner, inner, l * inner, note(l, block_param(absmax(x + l * inner, inner))), nullptr);
       });
       return;
     }
     if (outer == 1) {  // few long rows: each is a whole-tensor problem
-      for (int64_t l = 0; l < L; ++l) per_tensor(x + l * inner, y + l * inner, inner, l * inner);
+      for (int64_t l = 0; l < L; ++l) per_tensor(x + l * inner, y + l * inner, inner, l * inner, l);
       return;
     }
     std::vector<U> m(L, 0);
@@ -304,7 +334,7 @@ template <typename In> struct Quant {
       for (int64_t r = 0; r < outer * L; ++r) m[r % L] = std::max(m[r % L], rm[r]);
     }
     std::vector<int32_t> ks(L);
-    for (int64_t l = 0; l < L; ++l) ks[l] = block_param(m[l]);
+    for (int64_t l = 0; l < L; ++l) ks[l] = note(l, block_param(m[l]));
     if (inner == 1) {
       at::parallel_for(0, outer, std::max<int64_t>(1, GRAIN / L), [&](int64_t b, int64_t e) {
         for (int64_t o = b; o < e; ++o) span(x + o * L, y + o * L, L, o * L, 0, ks.data());
@@ -317,7 +347,7 @@ template <typename In> struct Quant {
   }
 
   // Tiles of `size` along the axis (the last tile of each row may be shorter).
-  void per_group(const In* x, In* y, int64_t outer, int64_t L, int64_t inner, int64_t k) const {
+  void per_group(const In* x, Out* y, int64_t outer, int64_t L, int64_t inner, int64_t k) const {
     k = std::min(k, L);  // a tile longer than the axis is the whole axis (and k * W cannot overflow)
     const int64_t G = (L + k - 1) / k;
     if (inner == 1) {
@@ -329,13 +359,13 @@ template <typename In> struct Quant {
           const int64_t o = t / runs_per_row, g0 = (t % runs_per_row) * per_run, g1 = std::min(G, g0 + per_run);
           const int64_t start = o * L + g0 * k, len = std::min(L, g1 * k) - g0 * k;
           if (g1 - g0 == 1) {
-            span(x + start, y + start, len, start, block_param(absmax(x + start, len)), nullptr);
+            span(x + start, y + start, len, start, note(o * G + g0, block_param(absmax(x + start, len))), nullptr);
             continue;
           }
           int32_t* kp = ks.data();
           for (int64_t g = g0; g < g1; ++g) {
             const int64_t a = (g - g0) * k, c = std::min(k, L - g * k);
-            const int32_t p = block_param(absmax(x + start + a, c));
+            const int32_t p = note(o * G + g, block_param(absmax(x + start + a, c)));
             for (int64_t j = 0; j < c; ++j) kp[a + j] = p;
           }
           span(x + start, y + start, len, start, 0, kp);
@@ -355,7 +385,7 @@ template <typename In> struct Quant {
         std::fill(m.begin(), m.begin() + w, U(0));
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t j = 0; j < w; ++j) m[j] = std::max(m[j], abs_bits(static_cast<T>(x[base + r * inner + j])));
-        for (int64_t j = 0; j < w; ++j) ks[j] = block_param(m[j]);
+        for (int64_t j = 0; j < w; ++j) ks[j] = note((o * inner + c0 + j) * G + g, block_param(m[j]));
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t at = base + r * inner;
           span(x + at, y + at, w, at, 0, ks.data());
@@ -364,7 +394,7 @@ template <typename In> struct Quant {
     });
   }
 
-  void run(const In* x, In* y, at::IntArrayRef shape) const {
+  void run(const In* x, Out* y, at::IntArrayRef shape) const {
     int64_t n = 1;
     for (auto d : shape) n *= d;
     if (n == 0) return;
@@ -395,6 +425,43 @@ at::Tensor quantize_cpu(const at::Tensor& x, int64_t kind, at::IntArrayRef p, at
     Quant<scalar_t>{s}.run(xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), xc.sizes());
   });
   return y;
+}
+
+// Round straight into packed form, in the same pass: int8 codes and one int8 exponent per
+// block, laid out as swalp/ops/packed.py keeps them (integer formats of at most 8 bits,
+// float32 or float64 input). The same codes as quantize_cpu's values times 2^-shift.
+std::tuple<at::Tensor, at::Tensor> quantize_pack_cpu(const at::Tensor& x, int64_t kind, at::IntArrayRef p,
+                                                     at::ArrayRef<double> f, int64_t rounding, int64_t k0, int64_t k1) {
+  TORCH_CHECK(p.size() == N_PARAMS && f.size() == N_BOUNDS, "swalp::quantize_pack: bad parameter lists");
+  TORCH_CHECK((kind == FIXED_POINT || kind == BLOCK_FLOAT) && p[P_WL] <= 8,
+              "swalp::quantize_pack: fixed point or block floating point of at most 8 bits");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "swalp::quantize_pack: float32 or float64 input");
+  auto i = [&](Param k) { return static_cast<int>(p[k]); };
+  Spec s{static_cast<int>(kind), rounding == 1, static_cast<uint32_t>(k0), static_cast<uint32_t>(k1),
+         i(P_FL), i(P_WL), i(P_EMIN), i(P_EMAX), i(P_OFFSET), i(P_BLOCK), i(P_AXIS), i(P_MAN), i(P_FEMIN),
+         p[P_SIZE], p[P_SAT] != 0, f[B_QMIN], f[B_QMAX], f[B_BIG]};
+  const at::Tensor xc = x.contiguous();
+  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  std::vector<int64_t> eshape;  // exponents: () for one block, (L) per index, (..., G) for tiles
+  if (kind == FIXED_POINT || x.numel() == 0) {
+    eshape = {0};
+  } else if (s.block == PER_AXIS && x.dim() > 0) {
+    eshape = {x.size(s.axis)};
+  } else if (s.block == PER_GROUP && x.dim() > 0) {
+    for (int64_t d = 0; d < x.dim(); ++d)
+      if (d != s.axis) eshape.push_back(x.size(d));
+    const int64_t L = x.size(s.axis), k = std::min<int64_t>(s.size, L);
+    eshape.push_back((L + k - 1) / k);
+  }
+  at::Tensor exps = at::empty(eshape, x.options().dtype(at::kChar));
+  std::atomic<int64_t> nan{0};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "swalp_quantize_pack", [&] {
+    Quant<scalar_t, int8_t> q{s, exps.numel() ? exps.mutable_data_ptr<int8_t>() : nullptr, &nan};
+    q.run(xc.const_data_ptr<scalar_t>(), codes.mutable_data_ptr<int8_t>(), xc.sizes());
+  });
+  TORCH_CHECK_VALUE(nan.load() == 0, "cannot pack NaN into a fixed-point or block floating-point format: it has no NaN code");
+  return {codes, exps};
 }
 
 // The seed as a tensor (one int64 on the CPU), so that torch.compile can trace a seed drawn
@@ -432,5 +499,6 @@ void quantize_many_cpu(at::TensorList xs, at::IntArrayRef kind, at::IntArrayRef 
 TORCH_LIBRARY_IMPL(swalp, CPU, m) {
   m.impl("quantize", &quantize_cpu);
   m.impl("quantize_seeded", &quantize_seeded_cpu);
+  m.impl("quantize_pack", &quantize_pack_cpu);
   m.impl("quantize_many_", &quantize_many_cpu);
 }
