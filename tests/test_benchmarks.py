@@ -37,3 +37,13 @@ def test_train_step_benchmark_times_both_recipes(tmp_path):
 def test_gpu_quantize_benchmark_skips_without_a_gpu():
     out = run("gpu_quantize.py")
     assert out.returncode == 77 and "no CUDA device" in out.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")
+def test_memory_benchmark_counts_every_persistent_byte(tmp_path):
+    out = run("memory.py", "--models", "cnn1d", "--steps", "1", "--threads", "1", "--json", str(tmp_path / "m.json"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = {r["variant"]: r for r in json.loads((tmp_path / "m.json").read_text())}
+    for r in records.values():  # float32 weight, gradient and momentum; a float32 average
+        assert (r["state_bytes_per_param"], r["average_bytes_per_param"]) == (12.0, 4.0)
+        assert r["peak_mb"] > 0

@@ -1,0 +1,133 @@
+"""Memory of a training step: persistent state per parameter and the peak of a step.
+
+For each model and variant it starts one child process (so that one variant's memory never
+counts against another's), with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns large
+freed blocks at once and the resident memory follows the live tensors. The child builds the
+model, takes ``--steps`` SGD steps (momentum 0.9, weight decay 5e-4) on one random batch,
+updating an average after each, and reports:
+
+* ``state_bytes_per_param``: the bytes of every tensor that persists between steps (weights,
+  gradients, optimizer state, the optimizer's accumulators), each storage counted once,
+  divided by the number of parameters; ``average_bytes_per_param`` likewise for the average;
+* ``peak_mb``: the process's peak resident memory during the steps minus its resident memory
+  just before the model was built (the peak is reset there through /proc/self/clear_refs), so
+  that the interpreter and torch itself are not counted. Linux only.
+
+Variants: ``fp32`` (torch.optim.SGD and torch's AveragedModel) and ``paper`` (the simulated
+8-bit recipe: quantize_model, LowPrecisionOptimizer, WeightAverage; every number a grid
+value held in float32). A packed variant will join them when packed training state exists.
+
+Usage:
+    python benchmarks/memory.py                                   # cnn1d and vgg16, 3 steps
+    python benchmarks/memory.py --models cnn1d --json docs/bench/memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+BATCH = {"cnn1d": (100, (1, 40), 10), "vgg16": (128, (3, 32, 32), 10)}
+VARIANTS = ("fp32", "paper")
+
+
+def rss_kb(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None or not isinstance(t, torch.Tensor):
+            continue
+        key = (t.untyped_storage().data_ptr(), t.device)
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def child(model_name: str, variant: str, steps: int, threads: int) -> dict:
+    import swalp
+    from swalp.models import build_model
+
+    torch.set_num_threads(threads)
+    batch, shape, classes = BATCH[model_name]
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(batch, *shape, generator=gen), torch.randint(0, classes, (batch,), generator=gen)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident memory (VmHWM) to the current one
+    before = rss_kb()
+    torch.manual_seed(0)
+    model = build_model(model_name, classes, shape)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    if variant == "fp32":
+        opt, average = sgd, torch.optim.swa_utils.AveragedModel(model)
+    else:
+        swalp.quantize_model(model, variant)
+        opt, average = swalp.LowPrecisionOptimizer(sgd, seed=0), swalp.WeightAverage(model, seed=0)
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=False)  # the gradients persist between steps, as in a real loop's last step
+        loss.backward()
+        opt.step()
+        average.update_parameters(model)
+    peak = rss_kb("VmHWM")
+    params = list(model.parameters())
+    n = sum(p.numel() for p in params)
+    state = [*params, *(p.grad for p in params), *(v for s in sgd.state.values() for v in s.values())]
+    if variant != "fp32":
+        state += list(opt.acc.values())
+    return dict(model=model_name, variant=variant, params=n, steps=steps, threads=threads,
+                state_bytes_per_param=tensor_bytes(state) / n,
+                average_bytes_per_param=tensor_bytes([*average.module.parameters()]) / n,
+                peak_mb=(peak - before) / 1024, torch=torch.__version__,
+                machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(BATCH), choices=list(BATCH))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--steps", type=int, default=3, help="training steps per variant (default 3)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads in the child (default 2)")
+    p.add_argument("--json", metavar="FILE", help="also write the records as JSON")
+    p.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.threads < 1:
+        p.error("--steps and --threads must be >= 1")
+    if args.child:
+        print(json.dumps(child(*args.child, args.steps, args.threads)))
+        return 0
+    if not os.path.exists("/proc/self/clear_refs"):
+        print("memory: needs Linux's /proc (peak resident memory); nothing measured (exit 77)")
+        return 77
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    print(f"{'model':<8}{'variant':<9}{'state B/param':>15}{'average B/param':>17}{'peak MB':>10}")
+    records = []
+    for model in args.models:
+        for variant in args.variants:
+            cmd = [sys.executable, __file__, "--child", model, variant, "--steps", str(args.steps),
+                   "--threads", str(args.threads)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            rec = json.loads(done.stdout.strip().splitlines()[-1])
+            records.append(rec)
+            print(f"{model:<8}{variant:<9}{rec['state_bytes_per_param']:>15.2f}{rec['average_bytes_per_param']:>17.2f}"
+                  f"{rec['peak_mb']:>10.1f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+        print(f"\nwrote {len(records)} records to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
