@@ -347,14 +347,16 @@ def test_triton_kernels_compile_for_a_gpu_without_ftz_or_fma():
         from swalp.ops._schema import Block
         from swalp.ops.triton import _kernels as k
         bad = []
-        for xdt, kind, stoch in itertools.product(("fp32", "bf16", "fp64"), (0, 1, 2, 3), (False, True)):
+        for xdt, kind, stoch, codes in itertools.product(("fp32", "bf16", "fp64"), (0, 1, 2, 3), (False, True), (False, True)):
+            if codes and (kind > 1 or xdt == "bf16"):
+                continue  # the packing kernel: integer formats, float32/64 input
             f64, bf16 = xdt == "fp64", xdt == "bf16"
-            sig = {"x_ptr": "*" + xdt, "y_ptr": "*i16" if bf16 else "*" + xdt, "m_ptr": "*i64" if f64 else "*i32",
+            sig = {"x_ptr": "*" + xdt, "y_ptr": "*i8" if codes else "*i16" if bf16 else "*" + xdt, "m_ptr": "*i64" if f64 else "*i32",
                    "key": "i64", "bound_ptr": "*fp64" if f64 else "*fp32"}
             sig.update(dict.fromkeys(("n", "L", "inner", "G", "size"), "i64"))
             sig.update(dict.fromkeys(("fl", "wl", "emin", "emax", "offset", "man", "femin"), "i32"))
             consts = dict(KIND=kind, STOCH=stoch, BLOCKING=int(Block.PER_GROUP if kind in (1, 3) else Block.WHOLE), SAT=kind != 2,
-                          F64=f64, BF16=bf16, BLOCK=1024)
+                          F64=f64, BF16=bf16, BLOCK=1024, CODES=codes)
             sig.update(dict.fromkeys(consts, "constexpr"))
             src = ASTSource(fn=k.quantize_kernel, signature=sig, constexprs=consts)
             opts = {"num_warps": 4, "enable_fp_fusion": False}

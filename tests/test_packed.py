@@ -1,5 +1,11 @@
 """swalp.pack: codes and per-block exponents that unpack to quantize's values, bit for bit."""
 
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -138,3 +144,32 @@ def test_cpp_kernel_refuses_nan_with_the_format_named():
     x[500] = float("nan")
     with pytest.raises(ValueError, match=r"cannot pack NaN into BlockFloat\(wl=8.*no NaN code"):
         swalp.pack(x, "bfp8", backend="cpp")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_triton_packing_kernel_under_the_interpreter():
+    """swalp::quantize_pack's CUDA implementation, run on CPU tensors by TRITON_INTERPRET=1."""
+    script = textwrap.dedent(
+        """
+        import torch, swalp
+        from swalp.formats import BlockFloat, FixedPoint, PerAxis, PerGroup
+        from swalp.ops._schema import pack
+        from swalp.ops.triton import launch_pack
+        cases = [((40, 37), BlockFloat(8)), ((6, 50), BlockFloat(8, block=PerAxis(0))), ((5, 9, 4), BlockFloat(6, block=PerAxis(1))),
+                 ((3, 70), swalp.MXINT8), ((20, 3, 5), BlockFloat(5, block=PerGroup(7, 0))), ((100,), FixedPoint(8, 6)), ((), BlockFloat(8))]
+        bad = 0
+        for shape, fmt in cases:
+            for dtype in (torch.float32, torch.float64):
+                x = (torch.randn(shape, dtype=torch.float64) * torch.exp(3 * torch.randn(shape, dtype=torch.float64))).to(dtype)
+                for r in swalp.Rounding:
+                    codes, exps = launch_pack(x, *pack(x, fmt, r, 5))
+                    ref = swalp.pack(x, fmt, r, seed=5, backend="reference")
+                    bad += not torch.equal(codes, ref.codes)
+                    bad += not (exps.numel() == 0 if ref.exponents is None else torch.equal(exps, ref.exponents))
+        print(bad)
+        """
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "0"

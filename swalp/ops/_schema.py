@@ -222,6 +222,12 @@ def run_op_seeded(x: Tensor, fmt, rounding: Rounding, seed: Tensor) -> Tensor:
     return torch.ops.swalp.quantize_seeded.default(x, kind, p, f, int(rounding is Rounding.STOCHASTIC), seed)
 
 
+def kernel_packs(x: Tensor, fmt) -> bool:
+    """Whether ``swalp::quantize_pack`` takes ``x`` and ``fmt``: integer formats of up to 8
+    bits, float32 or float64 input."""
+    return isinstance(fmt, (FixedPoint, BlockFloat)) and fmt.wl <= 8 and x.dtype in (torch.float32, torch.float64)
+
+
 def run_op_pack(x: Tensor, fmt, rounding: Rounding, seed: int | None) -> tuple[Tensor, Tensor]:
     """Run ``swalp::quantize_pack``: ``(codes, exponents)``."""
     return torch.ops.swalp.quantize_pack.default(x, *pack(x, fmt, rounding, seed))

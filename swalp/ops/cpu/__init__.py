@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from ...formats import BlockFloat, FixedPoint, Rounding
+from ...formats import Rounding
 from .._dispatch import Backend
 from .._reference import round_to_grid
-from .._schema import pack, run_op, run_op_many_, run_op_pack, run_op_seeded
+from .._schema import kernel_packs, pack, run_op, run_op_many_, run_op_pack, run_op_seeded
 from ._build import failed, load
 
 __all__ = ["BACKEND", "load"]
@@ -43,8 +43,7 @@ def _seeded(x, fmt, rounding, seed):
 
 
 def _pack(x, fmt, rounding, seed):
-    fits = isinstance(fmt, (FixedPoint, BlockFloat)) and fmt.wl <= 8 and x.dtype in (torch.float32, torch.float64)
-    return run_op_pack(x, fmt, rounding, seed) if fits and load() else None
+    return run_op_pack(x, fmt, rounding, seed) if kernel_packs(x, fmt) and load() else None
 
 
 def _many_(xs, fmts, rounding, seeds) -> None:

@@ -15,10 +15,10 @@ import torch
 
 from ..._rng import seed_keys
 from .._dispatch import Backend, register_backend
-from .._schema import run_op, run_op_seeded
-from ._launch import launch
+from .._schema import kernel_packs, run_op, run_op_pack, run_op_seeded
+from ._launch import launch, launch_pack
 
-__all__ = ["available", "launch", "launch_seeded", "register"]
+__all__ = ["available", "launch", "launch_pack", "launch_seeded", "register"]
 
 
 def available() -> bool:
@@ -31,8 +31,14 @@ def launch_seeded(x, kind, p, f, rounding, seed):
     return launch(x, kind, p, f, rounding, *seed_keys(int(seed)))
 
 
+def _pack(x, fmt, rounding, seed):
+    return run_op_pack(x, fmt, rounding, seed) if kernel_packs(x, fmt) else None
+
+
 def register() -> None:  # pragma: no cover - needs a GPU
     """Implement ``swalp::quantize`` (and its seeded form) for CUDA and add the backend."""
     torch.library.impl("swalp::quantize", "cuda", launch)
     torch.library.impl("swalp::quantize_seeded", "cuda", launch_seeded)
-    register_backend(Backend("triton", run_op, lambda x, fmt: x.device.type == "cuda", priority=20, seeded=run_op_seeded))
+    torch.library.impl("swalp::quantize_pack", "cuda", launch_pack)
+    register_backend(Backend("triton", run_op, lambda x, fmt: x.device.type == "cuda", priority=20,
+                             seeded=run_op_seeded, pack=_pack))

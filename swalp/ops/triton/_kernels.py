@@ -127,7 +127,8 @@ def absmax_kernel(x_ptr, m_ptr, n, L, inner, G, size, BLOCKING: tl.constexpr, UN
 def quantize_kernel(x_ptr, y_ptr, m_ptr, key, bound_ptr, n, L, inner, G, size,
                     fl, wl, emin, emax, offset, man, femin,  # format numbers: runtime, so no recompiling per format
                     KIND: tl.constexpr, STOCH: tl.constexpr, BLOCKING: tl.constexpr, SAT: tl.constexpr,
-                    F64: tl.constexpr, BF16: tl.constexpr, BLOCK: tl.constexpr):
+                    F64: tl.constexpr, BF16: tl.constexpr, BLOCK: tl.constexpr, CODES: tl.constexpr = False):
+    # CODES (integer formats): store the integer codes q to an int8 y, not q * 2^-k (swalp.pack)
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < n
     v = tl.load(x_ptr + i, mask=mask, other=0.0).to(tl.float64 if F64 else tl.float32)
@@ -154,7 +155,10 @@ def quantize_kernel(x_ptr, y_ptr, m_ptr, key, bound_ptr, n, L, inner, G, size,
         q = _round(_pow2_mul(v, k, F64), i, k0, k1, STOCH, F64)
         q = tl.where(q < lo, lo, q)
         q = tl.where(q > hi, hi, q) + 0.0  # -0 -> +0: integer codes have no -0 (as the reference)
-        out = _pow2_mul(q, -k, F64)
+        if CODES:
+            out = q
+        else:
+            out = _pow2_mul(q, -k, F64)
     else:  # small float, MX-scaled by 2^-e first
         w = v
         if KIND == MX_FLOAT:

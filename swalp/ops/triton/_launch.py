@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from .._reference import floor_log2
 from .._schema import Block, Kind, Params
 
 BLOCK = 1024
@@ -65,13 +66,40 @@ def _bounds(f: tuple, dtype: torch.dtype, device) -> torch.Tensor:
 
 def launch(x, kind, p, f, rounding, k0, k1):
     """Run the kernels: the op's CUDA implementation (works on CPU under TRITON_INTERPRET=1)."""
+    return _run(x, kind, p, f, rounding, k0, k1, codes=False)[0]
+
+
+def launch_pack(x, kind, p, f, rounding, k0, k1):
+    """``swalp::quantize_pack`` for CUDA: int8 codes in the same pass, then each block's
+    exponent from its maximum (a tensor of one value per block, computed on the device)."""
+    v = Params(*p)
+    if kind not in (Kind.FIXED_POINT, Kind.BLOCK_FLOAT) or v.wl > 8:
+        raise ValueError("swalp::quantize_pack: fixed point or block floating point of at most 8 bits")
+    if torch.isnan(x).any():
+        raise ValueError("cannot pack NaN into a fixed-point or block floating-point format: it has no NaN code")
+    codes, m = _run(x, kind, p, f, rounding, k0, k1, codes=True)
+    if kind == Kind.FIXED_POINT or x.numel() == 0:
+        return codes, codes.new_empty((0,))
+    bits = m.view(torch.float64 if x.dtype == torch.float64 else torch.float32)  # the largest |x|, as a float
+    e = torch.where(m != 0, floor_log2(torch.where(m != 0, bits, torch.ones_like(bits))), v.emin).clamp(v.emin, v.emax)
+    if x.dim() == 0 or v.block == Block.WHOLE:
+        return codes, e.reshape(()).to(torch.int8)
+    if v.block == Block.PER_AXIS:
+        return codes, e.to(torch.int8)
+    shape = list(x.shape)
+    L, inner, G, _ = _layout(shape, v.block, v.axis, v.size)
+    rest = shape[: v.axis] + shape[v.axis + 1:]
+    return codes, e.view(-1, G, inner).transpose(1, 2).reshape(*rest, G).to(torch.int8)  # the axis last
+
+
+def _run(x, kind, p, f, rounding, k0, k1, codes: bool):
     absmax_kernel, quantize_kernel = _kernels_jit()
     v = Params(*p)
     xc = x.contiguous()
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = torch.empty(x.shape, dtype=torch.int8 if codes else x.dtype, device=x.device)
     n = xc.numel()
     if n == 0:
-        return y
+        return y, None
     f64 = x.dtype == torch.float64
     blocking = v.block
     L, inner, G, nblocks = _layout(list(x.shape), blocking, v.axis, v.size)
@@ -90,9 +118,9 @@ def launch(x, kind, p, f, rounding, k0, k1):
     if x.is_cuda:
         opts["enable_fp_fusion"] = False  # a fused multiply-add rounds once where the reference rounds twice
     quantize_kernel[grid](
-        xc, y.view(torch.int16) if bf16 else y, m, key, bounds, n, L, inner, G, v.size,
+        xc, y.view(torch.int16) if bf16 and not codes else y, m, key, bounds, n, L, inner, G, v.size,
         v.fl, v.wl, v.emin, v.emax, v.offset, v.man, v.femin,
-        KIND=kind, STOCH=bool(rounding), BLOCKING=blocking, SAT=bool(v.sat), F64=f64, BF16=bf16,
-        BLOCK=BLOCK, **opts,
+        KIND=kind, STOCH=bool(rounding), BLOCKING=blocking, SAT=bool(v.sat), F64=f64, BF16=bf16 and not codes,
+        BLOCK=BLOCK, CODES=codes, **opts,
     )
-    return y
+    return y, m
