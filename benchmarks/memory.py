@@ -13,9 +13,11 @@ updating an average after each, and reports:
   just before the model was built (the peak is reset there through /proc/self/clear_refs), so
   that the interpreter and torch itself are not counted. Linux only.
 
-Variants: ``fp32`` (torch.optim.SGD and torch's AveragedModel) and ``paper`` (the simulated
+Variants: ``fp32`` (torch.optim.SGD and torch's AveragedModel), ``paper`` (the simulated
 8-bit recipe: quantize_model, LowPrecisionOptimizer, WeightAverage; every number a grid
-value held in float32). A packed variant will join them when packed training state exists.
+value held in float32) and ``paper-packed-act`` (the same, with the activations autograd
+saves for backward kept packed: ``swalp.nn.packed_activations``). Packed weights, momentum
+and gradients will join them when packed training state exists.
 
 Usage:
     python benchmarks/memory.py                                   # cnn1d and vgg16, 3 steps
@@ -25,6 +27,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 BATCH = {"cnn1d": (100, (1, 40), 10), "vgg16": (128, (3, 32, 32), 10)}
-VARIANTS = ("fp32", "paper")
+VARIANTS = ("fp32", "paper", "paper-packed-act")
 
 
 def rss_kb(field: str = "VmRSS") -> int:
@@ -72,12 +75,14 @@ def child(model_name: str, variant: str, steps: int, threads: int) -> dict:
     if variant == "fp32":
         opt, average = sgd, torch.optim.swa_utils.AveragedModel(model)
     else:
-        swalp.quantize_model(model, variant)
+        swalp.quantize_model(model, "paper")
         opt, average = swalp.LowPrecisionOptimizer(sgd, seed=0), swalp.WeightAverage(model, seed=0)
+    saved = swalp.nn.packed_activations if variant == "paper-packed-act" else contextlib.nullcontext
     for _ in range(steps):
-        loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=False)  # the gradients persist between steps, as in a real loop's last step
-        loss.backward()
+        with saved():
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
         opt.step()
         average.update_parameters(model)
     peak = rss_kb("VmHWM")
@@ -111,7 +116,7 @@ def main(argv=None) -> int:
         print("memory: needs Linux's /proc (peak resident memory); nothing measured (exit 77)")
         return 77
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    print(f"{'model':<8}{'variant':<9}{'state B/param':>15}{'average B/param':>17}{'peak MB':>10}")
+    print(f"{'model':<8}{'variant':<18}{'state B/param':>15}{'average B/param':>17}{'peak MB':>10}")
     records = []
     for model in args.models:
         for variant in args.variants:
@@ -120,7 +125,7 @@ def main(argv=None) -> int:
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             rec = json.loads(done.stdout.strip().splitlines()[-1])
             records.append(rec)
-            print(f"{model:<8}{variant:<9}{rec['state_bytes_per_param']:>15.2f}{rec['average_bytes_per_param']:>17.2f}"
+            print(f"{model:<8}{variant:<18}{rec['state_bytes_per_param']:>15.2f}{rec['average_bytes_per_param']:>17.2f}"
                   f"{rec['peak_mb']:>10.1f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

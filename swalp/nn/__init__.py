@@ -19,6 +19,7 @@ from .convert import (
     set_quantizers,
 )
 from .quantizer import Quantizer
+from .saved import packed_activations
 
-__all__ = ["PLACEMENTS", "Quantizer", "configure_quantizers", "full_precision", "model_recipe", "quantize_model",
-           "quantizers", "set_quantizers"]
+__all__ = ["PLACEMENTS", "Quantizer", "configure_quantizers", "full_precision", "model_recipe", "packed_activations",
+           "quantize_model", "quantizers", "set_quantizers"]

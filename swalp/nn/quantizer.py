@@ -8,6 +8,8 @@ from torch import Tensor, nn
 from .._rng import check_generator, draw_seed
 from ..formats import Format, Rounding, get_format
 from ..ops._dispatch import FLOAT_DTYPES, dispatch, pick_backend
+from ..ops.packed import pack
+from .saved import active, packs
 
 
 # The formats and rounding were checked when the Quantizer was built, so both directions
@@ -23,6 +25,24 @@ class _QuantizeFn(torch.autograd.Function):
         if ctx.bwd is not None:
             grad = dispatch(grad, ctx.bwd, ctx.rounding, _seed(ctx.rounding, ctx.generator), ctx.backend)
         return grad, None, None, None, None, None
+
+
+class _PackedQuantizeFn(torch.autograd.Function):
+    """Inside ``packed_activations``: round straight into packed form (kept in ``holder`` for
+    the saved-tensor hooks, swalp/nn/saved.py) and pass on its values; backward as above."""
+
+    @staticmethod
+    def forward(ctx, x, fwd, bwd, rounding, backend, generator, holder):
+        ctx.bwd, ctx.rounding, ctx.backend, ctx.generator = bwd, rounding, backend, generator
+        seed = draw_seed(generator) if rounding is Rounding.STOCHASTIC else None  # as dispatch would draw it
+        holder.append(pack(x, fwd, rounding, seed, backend=backend))
+        return holder[0].unpack(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.bwd is not None:
+            grad = dispatch(grad, ctx.bwd, ctx.rounding, _seed(ctx.rounding, ctx.generator), ctx.backend)
+        return grad, None, None, None, None, None, None
 
 
 def _seed(rounding: Rounding, generator: torch.Generator | None) -> int | None:
@@ -129,10 +149,16 @@ class Quantizer(nn.Module):
             return x
         if x.dtype not in FLOAT_DTYPES:
             raise ValueError(f"cannot quantize a {x.dtype} tensor; accepted dtypes: float16, bfloat16, float32, float64")
+        if torch.compiler.is_compiling() and self.generator is None:  # before the context below: no trace
+            return _TracedQuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend)
+        saved = None if torch.compiler.is_compiling() else active()
+        if saved is not None and packs(x, fwd):
+            holder = []
+            y = _PackedQuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend, self.generator, holder)
+            saved.remember(y, holder[0])
+            return y
         if self.generator is not None:
             return _QuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend, self.generator)
-        if torch.compiler.is_compiling():
-            return _TracedQuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend)
         if fwd is not None and bwd is not None:
             # the backend's own autograd node, if it has one (C++ on CPU)
             backend = pick_backend(self.backend, x, fwd)

@@ -35,7 +35,7 @@ from ..formats import BlockFloat, FixedPoint, FloatFormat, MXFloat, PerAxis, Per
 # --- exact power-of-two arithmetic ---------------------------------------------------
 
 
-def _pow2(k: Tensor, dtype: torch.dtype) -> Tensor:
+def pow2(k: Tensor, dtype: torch.dtype) -> Tensor:
     """2^k for integer k in the normal range, built from the exponent bits."""
     if dtype == torch.float64:
         return ((k.to(torch.int64) + 1023) << 52).view(torch.float64)
@@ -45,7 +45,7 @@ def _pow2(k: Tensor, dtype: torch.dtype) -> Tensor:
 def pow2_mul(x: Tensor, k: Tensor) -> Tensor:
     """``x * 2^k`` in two exact steps (each factor within the normal range)."""
     a = torch.div(k, 2, rounding_mode="floor")
-    return x * _pow2(a, x.dtype) * _pow2(k - a, x.dtype)
+    return x * pow2(a, x.dtype) * pow2(k - a, x.dtype)
 
 
 def floor_log2(m: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ from torch import Tensor
 from .._rng import check_generator, draw_seed
 from ..formats import BlockFloat, FixedPoint, FloatFormat, Format, MXFloat, PerAxis, PerGroup, Rounding
 from ._dispatch import check_args, pick_backend
-from ._reference import axis_index, compute_dtype, decode, encode
+from ._reference import axis_index, compute_dtype, encode, pow2
 
 __all__ = ["PackedTensor", "pack"]
 
@@ -88,21 +88,23 @@ class PackedTensor:
         return held + (0 if self.exponents is None else self.exponents.numel() * self.exponents.element_size())
 
     def unpack(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """The grid values as a ``dtype`` tensor: ``quantize``'s result, bit for bit."""
+        """The grid values as a ``dtype`` tensor: ``quantize``'s result, bit for bit.
+
+        ``codes * 2^e`` as the reference's ``pow2_mul`` computes it (two exact power-of-two
+        factors), in place on one new tensor, the factors broadcast from one per block.
+        """
         work = compute_dtype(dtype)
-        codes = self.codes.to(work)
+        values = self.codes.to(work)  # always a new tensor: codes are never float32/64
         fmt = self.fmt
-        if codes.numel() == 0:
-            e = None
-        elif isinstance(fmt, FixedPoint):
-            e = torch.tensor(-fmt.fl, dtype=torch.int32, device=codes.device)
-        elif isinstance(fmt, BlockFloat):
-            e = _expand(self.exponents, fmt.block, self.shape) - (fmt.wl - 2)
-        elif isinstance(fmt, MXFloat):
-            e = _expand(self.exponents, fmt.block, self.shape)
+        if values.numel() == 0 or self.exponents is None and not isinstance(fmt, FixedPoint):
+            return values.to(dtype)
+        if isinstance(fmt, FixedPoint):
+            e = torch.tensor(-fmt.fl, dtype=torch.int32, device=values.device)
         else:
-            e = None
-        return decode(codes, e).to(dtype)
+            e = _broadcast(self.exponents, fmt.block, self.shape)
+            e = e - (fmt.wl - 2) if isinstance(fmt, BlockFloat) else e
+        a = torch.div(e, 2, rounding_mode="floor")
+        return values.mul_(pow2(a, work)).mul_(pow2(e - a, work)).to(dtype)
 
     def to(self, device) -> "PackedTensor":
         exponents = None if self.exponents is None else self.exponents.to(device)
@@ -172,14 +174,15 @@ def _compact(e: Tensor, block) -> Tensor:
     return e.movedim(axis, -1)[..., :: block.size].contiguous()
 
 
-def _expand(e: Tensor, block, shape: torch.Size) -> Tensor:
-    """The per-element exponents (int32) of a tensor of ``shape`` from one per block."""
+def _broadcast(e: Tensor, block, shape: torch.Size) -> Tensor:
+    """The exponents (int32) of a tensor of ``shape``, one per block, in a shape that
+    broadcasts against it (per element only for tiles)."""
     e = e.to(torch.int32)
     if len(shape) == 0 or not isinstance(block, (PerAxis, PerGroup)):
-        return e.reshape(()).expand(shape)
+        return e.reshape(())
     axis = axis_index(block.axis, len(shape))
     if isinstance(block, PerAxis):
         view = [1] * len(shape)
         view[axis] = shape[axis]
-        return e.reshape(view).expand(shape)
+        return e.reshape(view)
     return e.repeat_interleave(block.size, dim=-1)[..., : shape[axis]].movedim(-1, axis)

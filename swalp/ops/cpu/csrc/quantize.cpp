@@ -76,7 +76,7 @@ template <typename T> inline T from_bits(typename FP<T>::U u) {
   return x;
 }
 
-// 2^k for k in the normal range, built from the exponent bits (reference: _pow2).
+// 2^k for k in the normal range, built from the exponent bits (reference: pow2).
 template <typename T> inline T pow2(int k) {
   using U = typename FP<T>::U;
   return from_bits<T>(static_cast<U>(k + FP<T>::BIAS) << FP<T>::MAN);

@@ -1,0 +1,59 @@
+"""packed_activations: the activations autograd saves are kept packed, the numbers unchanged."""
+
+import pytest
+import torch
+from torch import nn
+
+import swalp
+from swalp.models import build_model
+from swalp.nn import packed_activations
+
+
+def step(model, x, packed: bool, seed=0):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    if packed:
+        with packed_activations() as saved:
+            y = model(x)
+            y.square().sum().backward()
+    else:
+        saved, y = None, model(x)
+        y.square().sum().backward()
+    return [y.detach(), *(p.grad.clone() for p in model.parameters())], saved
+
+
+@pytest.mark.parametrize("recipe", ["paper", swalp.Recipe(activation="bfp8", error="bfp8", rounding="nearest")],
+                         ids=["stochastic", "nearest"])
+@pytest.mark.parametrize("name", ["mlp", "vgg16"])
+def test_bit_identical_with_and_without_packing(name, recipe, one_thread):
+    torch.manual_seed(0)
+    if name == "mlp":  # a Quantizer after each ReLU hands its output to the next Linear
+        model = swalp.quantize_model(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), recipe,
+                                     placement="activation")
+        x = torch.randn(5, 8)
+    else:  # the paper's VGG-16 places its Quantizers after each ReLU
+        model = swalp.quantize_model(build_model("vgg16", 10, (3, 32, 32)), recipe)
+        x = torch.randn(2, 3, 32, 32)
+    plain, _ = step(model, x, packed=False)
+    kept, saved = step(model, x, packed=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, kept))
+    assert saved.packed_bytes > 0 and saved.float_bytes >= 3.5 * saved.packed_bytes  # int8 codes for float32
+
+
+def test_only_quantizer_outputs_are_packed_and_layer_placement_saves_none():
+    torch.manual_seed(0)
+    layer = swalp.quantize_model(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), "paper")
+    _, saved = step(layer, torch.randn(5, 8), packed=True)
+    assert (saved.packed_bytes, saved.float_bytes) == (0, 0)  # the ReLU saves its own output (not on a grid)
+    plain = nn.Linear(8, 2)
+    with packed_activations() as s:
+        plain(torch.randn(3, 8, requires_grad=True)).sum().backward()
+    assert s.packed_bytes == 0
+
+
+def test_the_block_restores_the_hooks():
+    with packed_activations():
+        pass
+    from swalp.nn.saved import active
+
+    assert active() is None
