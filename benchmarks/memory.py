@@ -30,12 +30,12 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 
 import torch
 import torch.nn.functional as F
+from _common import machine_info, write_records
 
 BATCH = {"cnn1d": (100, (1, 40), 10), "vgg16": (128, (3, 32, 32), 10)}
 VARIANTS = ("fp32", "paper", "paper-packed-act")
@@ -95,7 +95,7 @@ def child(model_name: str, variant: str, steps: int, threads: int) -> dict:
                 state_bytes_per_param=tensor_bytes(state) / n,
                 average_bytes_per_param=tensor_bytes([*average.module.parameters()]) / n,
                 peak_mb=(peak - before) / 1024, torch=torch.__version__,
-                machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
+                machine=machine_info())
 
 
 def main(argv=None) -> int:
@@ -127,10 +127,7 @@ def main(argv=None) -> int:
             records.append(rec)
             print(f"{model:<8}{variant:<18}{rec['state_bytes_per_param']:>15.2f}{rec['average_bytes_per_param']:>17.2f}"
                   f"{rec['peak_mb']:>10.1f}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
-        print(f"\nwrote {len(records)} records to {args.json}")
+    write_records(args.json, records)
     return 0
 
 

@@ -20,9 +20,6 @@ A backend that does not support a format, or the device, is skipped with a note.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +29,7 @@ import torch
 import swalp
 from swalp.formats import BlockFloat, FixedPoint, PerAxis, PerGroup, get_format
 from swalp.ops import backends
+from _common import describe, machine_info, write_records
 
 FORMATS = {
     "fixed8": FixedPoint(8, 6),
@@ -45,22 +43,6 @@ FORMATS = {
 }
 ROUNDINGS = ("nearest", "stochastic")
 ROW = 1024  # the tensor is (numel / ROW, ROW): "per row" means 1024-element rows
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        mem_gib = None
-    return dict(
-        cpu=cpu, cores=os.cpu_count(), memory_gib=mem_gib, system=platform.platform(), python=platform.python_version()
-    )
 
 
 def sync(device: torch.device) -> None:
@@ -126,7 +108,7 @@ def main(argv=None) -> int:
     y = torch.empty_like(x)
     info = machine_info()
     print(f"swalp.quantize on {args.numel} float32 elements ({x.shape[0]} x {ROW}), {device}, torch {torch.__version__}")
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, {info['system']}")
+    print(f"machine: {describe(info)}")
     print(f"ratio = quantize throughput / torch.mul(x, 2, out=y) throughput; medians of {args.repeats} runs after a warm-up\n")
 
     records = []
@@ -170,10 +152,7 @@ def main(argv=None) -> int:
                     print(f"{name:<18}{rounding:<12}{backend:<12}{threads:>8}{speed:>10.1f}{ratio:>8.3f}" + line)
                     sys.stdout.flush()
 
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
-        print(f"\nwrote {len(records)} records to {args.json}")
+    write_records(args.json, records)
     return 0
 
 

@@ -24,9 +24,6 @@ models; the learning rate does not change the cost of a step.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +34,7 @@ import torch.nn.functional as F
 import swalp
 from swalp.models import build_model, default_model
 from swalp.ops import backends
+from _common import describe, machine_info, write_records
 
 BATCH = {"cnn1d": 100, "vgg16": 128}
 
@@ -100,8 +98,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
-    print(f"train step: FP32 vs {recipe.name!r}, {threads} threads, torch {torch.__version__}, {machine}")
+    machine = machine_info()
+    print(f"train step: FP32 vs {recipe.name!r}, {threads} threads, torch {torch.__version__}, {describe(machine)}")
     print(f"median of {args.steps} steps after {args.warmup} warm-up steps, FP32 and low-precision steps alternating\n")
     header = f"{'model':<8}{'batch':>6}{'fp32 ms':>10}{recipe.name + ' ms':>14}{'ratio':>8}"
     print(header + (f"{'fp32 compiled':>15}{recipe.name + ' compiled':>17}{'ratio':>8}" if args.compile else ""))
@@ -135,10 +133,7 @@ def main(argv=None) -> int:
                             threads=threads, torch=torch.__version__, machine=machine,
                             backends=backends(),
                             step_seconds={k: v for k, v in times.items()}))  # fmt: skip
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
-        print(f"\nwrote {len(records)} records to {args.json}")
+    write_records(args.json, records)
     return 0
 
 
