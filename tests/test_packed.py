@@ -34,7 +34,8 @@ INTEGER = [
     BlockFloat(8, block=PerAxis(-1)), BlockFloat(6, block=PerGroup(7, 1)), BlockFloat(5, block=PerGroup(7, 0)),
     BlockFloat(16, block=PerGroup(32)), MXINT8,
 ]  # fmt: skip
-FLOATS = [FP8_E4M3, FP8_E5M2, BFLOAT16, FLOAT16, MXFP8_E4M3, MXFP8_E5M2, swalp.MXFloat(FP8_E4M3, block=PerAxis(0))]
+FLOATS = [FP8_E4M3, FP8_E5M2, swalp.FloatFormat(5, 2, saturate=False), BFLOAT16, FLOAT16, MXFP8_E4M3, MXFP8_E5M2,
+          swalp.MXFloat(FP8_E4M3, block=PerAxis(0))]
 SHAPES = [(17, 13, 3), (5, 70), (100,), (), (1, 1, 1), (0,), (3, 0)]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -90,6 +91,8 @@ def test_errors():
         swalp.pack(torch.tensor([1.0, float("nan")]), "bfp8")
     with pytest.raises(ValueError, match="no packed form for FloatFormat"):
         swalp.pack(torch.ones(32), MXFP4_E2M1)
+    with pytest.raises(ValueError, match="no packed form for FloatFormat"):  # overflows to inf: no E4M3 code
+        swalp.pack(torch.ones(32), swalp.FloatFormat(4, 3, finite_only=True, saturate=False))
     with pytest.raises(ValueError, match="cannot quantize a torch.int64 tensor"):
         swalp.pack(torch.ones(3, dtype=torch.int64), "bfp8")
     with pytest.raises(ValueError, match="unknown format preset"):
@@ -115,6 +118,11 @@ KERNEL_CASES = [  # every path of swalp/ops/cpu/csrc/quantize.cpp: per tensor, f
     ((7, 33), BlockFloat(8, block=PerGroup(64))),  # a tile longer than the axis
     ((100,), BlockFloat(8, block=PerAxis(0))),  # a block per element
     ((3000,), FixedPoint(8, 6)),
+    ((3000,), FP8_E4M3),
+    ((70, 50), FP8_E5M2),
+    ((64, 300), MXFP8_E4M3),
+    ((40, 70), MXFP8_E5M2),
+    ((20, 30), swalp.MXFloat(FP8_E4M3, block=PerAxis(0))),
     ((), BlockFloat(8, block=PerAxis(0))),
     ((0, 5), BlockFloat(8, block=PerAxis(1))),
 ]
@@ -130,7 +138,7 @@ def test_cpp_kernel_packs_exactly_as_the_reference(shape, fmt, rounding, dtype):
         x.view(-1)[:3] = torch.tensor([0.0, 1e-42, float("inf")])
     codes, exponents = run_op_pack(x, fmt, swalp.Rounding.parse(rounding), 99)  # the C++ op itself
     ref = swalp.pack(x, fmt, rounding, seed=99, backend="reference")
-    assert codes.dtype == torch.int8 and torch.equal(codes, ref.codes)
+    assert codes.dtype == ref.codes.dtype and torch.equal(codes.view(torch.int8), ref.codes.view(torch.int8))
     if ref.exponents is None:
         assert exponents.numel() == 0
     else:

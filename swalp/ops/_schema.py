@@ -121,7 +121,7 @@ torch.library.define(
 
 @torch.library.register_fake("swalp::quantize_pack")
 def _fake_pack(x, kind, p, f, rounding, k0, k1):
-    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((0,), dtype=torch.int8)
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((0,), dtype=torch.int8)  # (integer formats)
 
 
 # In place, many tensors in one call: the optimizer rounds dozens of small tensors a step,
@@ -222,10 +222,20 @@ def run_op_seeded(x: Tensor, fmt, rounding: Rounding, seed: Tensor) -> Tensor:
     return torch.ops.swalp.quantize_seeded.default(x, kind, p, f, int(rounding is Rounding.STOCHASTIC), seed)
 
 
-def kernel_packs(x: Tensor, fmt) -> bool:
-    """Whether ``swalp::quantize_pack`` takes ``x`` and ``fmt``: integer formats of up to 8
-    bits, float32 or float64 input."""
-    return isinstance(fmt, (FixedPoint, BlockFloat)) and fmt.wl <= 8 and x.dtype in (torch.float32, torch.float64)
+# Formats whose every value (inf included) a float8 type holds: E4M3 "fn" has no inf, so only
+# its saturating form; E5M2 either way.
+_FP8 = (FloatFormat(4, 3, finite_only=True), FloatFormat(5, 2), FloatFormat(5, 2, saturate=False))
+
+
+def kernel_packs(x: Tensor, fmt, floats: bool = True) -> bool:
+    """Whether ``swalp::quantize_pack`` takes ``x`` and ``fmt``: float32 or float64 input;
+    integer formats of up to 8 bits, and (``floats``: the C++ kernel) E4M3, E5M2 and MXFP8."""
+    if x.dtype not in (torch.float32, torch.float64):
+        return False
+    if isinstance(fmt, (FixedPoint, BlockFloat)):
+        return fmt.wl <= 8
+    element = fmt.element if isinstance(fmt, MXFloat) else fmt
+    return floats and element in _FP8
 
 
 def run_op_pack(x: Tensor, fmt, rounding: Rounding, seed: int | None) -> tuple[Tensor, Tensor]:

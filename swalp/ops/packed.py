@@ -49,7 +49,7 @@ _FLOAT_CONTAINERS = {
 
 def _float_container(fmt: FloatFormat) -> torch.dtype:
     key = (fmt.exp, fmt.man, fmt.finite_only, fmt.has_nan)
-    if key not in _FLOAT_CONTAINERS:
+    if key not in _FLOAT_CONTAINERS or fmt.finite_only and not fmt.saturate:  # an inf it cannot hold
         raise ValueError(f"no packed form for {fmt!r}; packable floats: E4M3 (finite_only), E5M2, bfloat16, float16")
     return _FLOAT_CONTAINERS[key]
 
@@ -143,7 +143,7 @@ def pack(x: Tensor, fmt: Format | str, rounding: Rounding | str = "nearest", see
         raise ValueError(f"cannot pack NaN into {fmt!r}: the format has no NaN code") from None
     if fast is not None:
         codes, exponents = fast
-        return PackedTensor(codes, None if isinstance(fmt, FixedPoint) else exponents, fmt)
+        return PackedTensor(codes, None if isinstance(fmt, (FixedPoint, FloatFormat)) else exponents, fmt)
     element = fmt.element if isinstance(fmt, MXFloat) else fmt
     if isinstance(element, FloatFormat):
         container = _float_container(element)

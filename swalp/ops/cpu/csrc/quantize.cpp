@@ -183,9 +183,35 @@ int64_t int_span(const T* __restrict x, O* __restrict y, int64_t n, Rng r, int k
 }
 
 // Small floats (FloatFormat; MXFloat when MX: scaled by 2^-scale before, 2^scale after).
-template <typename T, bool STOCH, bool SAT, int MX /*0 none, 1 constant, 2 per element*/>
-void float_span(const T* __restrict x, T* __restrict y, int64_t n, Rng r, int sc,
-                const int32_t* __restrict scs, int man, int femin, T big) {
+// The bits of a float8 value (E4M3 "fn": MAN 3, BIAS 7; E5M2: MAN 2, BIAS 15) that o, a value of
+// that format (NaN, E5M2's inf, zero, normal or subnormal), holds exactly: no rounding here.
+template <int MAN, int BIAS> struct Fp8Code {
+  uint8_t bits;
+  // Every case computed and selected, no branch: the loop over a tile vectorises.
+  static Fp8Code of(float o) {
+    uint32_t u;
+    std::memcpy(&u, &o, sizeof u);
+    const uint32_t a = u & 0x7fffffffu;
+    const int32_t e = static_cast<int32_t>(a >> 23) - 127;
+    const uint32_t normal = (static_cast<uint32_t>(e + BIAS) << MAN) | ((a >> (23 - MAN)) & ((1u << MAN) - 1));
+    const int32_t sh = 23 - MAN + (1 - BIAS - e);  // subnormal: o / 2^(1 - BIAS - MAN)
+    const uint32_t sub = ((a & 0x7fffffu) | 0x800000u) >> (sh < 31 ? (sh > 0 ? sh : 0) : 31);
+    uint32_t code = e >= 1 - BIAS ? normal : sub;
+    code = a == 0 ? 0u : code;
+    code = a == 0x7f800000u ? 0x7cu : code;  // inf (E5M2 only)
+    code = a > 0x7f800000u ? 0x7fu : code;   // NaN
+    return {static_cast<uint8_t>(((u >> 24) & 0x80u) | code)};
+  }
+};
+using E4M3Code = Fp8Code<3, 7>;
+using E5M2Code = Fp8Code<2, 15>;
+
+// With a float8 code type O the element values themselves are written (swalp::quantize_pack),
+// before an MX block's scale.
+// ELEMENT: write the element value, before an MX block's scale (what packing encodes).
+template <typename T, bool STOCH, bool SAT, int MX /*0 none, 1 constant, 2 per element*/, bool ELEMENT = false>
+void float_values(const T* __restrict x, T* __restrict y, int64_t n, Rng r, int sc,
+                  const int32_t* __restrict scs, int man, int femin, T big) {
   using U = typename FP<T>::U;
   uint32_t c = r.lo;
   for (int64_t j = 0; j < n; ++j, ++c) {
@@ -200,8 +226,26 @@ void float_span(const T* __restrict x, T* __restrict y, int64_t n, Rng r, int sc
     T o = pow2_mul(round_<T, STOCH>(pow2_mul(v, sh), r, c), -sh);
     if constexpr (SAT) o = clamp_nan(o, -big, big);
     else o = std::abs(o) > big ? std::copysign(std::numeric_limits<T>::infinity(), o) : o;
-    if constexpr (MX != 0) o = pow2_mul(o, scale);
+    if constexpr (MX != 0 && !ELEMENT) o = pow2_mul(o, scale);
     y[j] = o;
+  }
+}
+
+// float_values into y, or, for a float8 code type O, tile by tile: the element values (the
+// loop above, vectorised) into a buffer in cache, then their bits (swalp::quantize_pack).
+template <typename T, bool STOCH, bool SAT, int MX, typename O>
+void float_span(const T* __restrict x, O* __restrict y, int64_t n, Rng r, int sc,
+                const int32_t* __restrict scs, int man, int femin, T big) {
+  if constexpr (std::is_same_v<O, T>) {
+    float_values<T, STOCH, SAT, MX>(x, y, n, r, sc, scs, man, femin, big);
+  } else {
+    T buf[TILE];
+    for (int64_t t = 0; t < n; t += TILE) {
+      const int64_t m = std::min(TILE, n - t);
+      float_values<T, STOCH, SAT, MX, true>(x + t, buf, m, Rng{r.lo + static_cast<uint32_t>(t), r.hi}, sc,
+                                            scs ? scs + t : nullptr, man, femin, big);
+      for (int64_t j = 0; j < m; ++j) y[t + j] = O::of(static_cast<float>(buf[j]));
+    }
   }
 }
 
@@ -214,9 +258,10 @@ template <typename In, typename Out = In> struct Quant {
   int8_t* exps = nullptr;              // one exponent per block, in swalp/ops/packed.py's layout
   std::atomic<int64_t>* nan = nullptr;  // NaN elements seen while packing
 
-  // The block's shift k, written down as its exponent (wl - 2) - k when packing.
+  // The block's parameter (BlockFloat: the shift k; MX: the scale), written down as its
+  // exponent when packing: (wl - 2) - k, or the scale itself.
   int32_t note(int64_t block, int32_t k) const {
-    if (exps != nullptr) exps[block] = static_cast<int8_t>((s.wl - 2) - k);
+    if (exps != nullptr) exps[block] = static_cast<int8_t>(s.kind == BLOCK_FLOAT ? (s.wl - 2) - k : k);
     return k;
   }
 
@@ -241,17 +286,21 @@ template <typename In, typename Out = In> struct Quant {
   template <typename O> void kernel(const T* x, O* y, int64_t n, Rng r, int k, const int32_t* ks) const {
     const bool v = ks != nullptr;
     if (s.kind == FIXED_POINT || s.kind == BLOCK_FLOAT) {
-      const T lo = static_cast<T>(s.qmin), hi = static_cast<T>(s.qmax);
-      int64_t bad;
-      if (s.stoch && v) bad = int_span<T, true, true>(x, y, n, r, k, ks, lo, hi);
-      else if (s.stoch) bad = int_span<T, true, false>(x, y, n, r, k, ks, lo, hi);
-      else if (v) bad = int_span<T, false, true>(x, y, n, r, k, ks, lo, hi);
-      else bad = int_span<T, false, false>(x, y, n, r, k, ks, lo, hi);
-      if (bad && nan != nullptr) *nan += bad;
+      if constexpr (std::is_same_v<O, T> || std::is_integral_v<O>) {
+        const T lo = static_cast<T>(s.qmin), hi = static_cast<T>(s.qmax);
+        int64_t bad;
+        if (s.stoch && v) bad = int_span<T, true, true>(x, y, n, r, k, ks, lo, hi);
+        else if (s.stoch) bad = int_span<T, true, false>(x, y, n, r, k, ks, lo, hi);
+        else if (v) bad = int_span<T, false, true>(x, y, n, r, k, ks, lo, hi);
+        else bad = int_span<T, false, false>(x, y, n, r, k, ks, lo, hi);
+        if (bad && nan != nullptr) *nan += bad;
+      } else {
+        TORCH_CHECK(false, "swalp::quantize_pack: an integer format's codes are integers");
+      }
       return;
     }
     if constexpr (std::is_integral_v<O>) {
-      TORCH_CHECK(false, "swalp::quantize_pack: integer formats only");
+      TORCH_CHECK(false, "swalp::quantize_pack: an integer format's codes are integers");
     } else {
     const T big = static_cast<T>(s.big);
 #define SWALP_FLOAT(MX) \
@@ -427,14 +476,16 @@ at::Tensor quantize_cpu(const at::Tensor& x, int64_t kind, at::IntArrayRef p, at
   return y;
 }
 
-// Round straight into packed form, in the same pass: int8 codes and one int8 exponent per
-// block, laid out as swalp/ops/packed.py keeps them (integer formats of at most 8 bits,
-// float32 or float64 input). The same codes as quantize_cpu's values times 2^-shift.
+// Round straight into packed form, in the same pass: the codes (int8 for integer formats of
+// at most 8 bits; float8 E4M3 or E5M2 values for those floats and MXFP8) and one int8
+// exponent per block, laid out as swalp/ops/packed.py keeps them; float32 or float64 input.
+// The Python side (swalp/ops/_schema.py kernel_packs) sends only formats these hold exactly.
 std::tuple<at::Tensor, at::Tensor> quantize_pack_cpu(const at::Tensor& x, int64_t kind, at::IntArrayRef p,
                                                      at::ArrayRef<double> f, int64_t rounding, int64_t k0, int64_t k1) {
   TORCH_CHECK(p.size() == N_PARAMS && f.size() == N_BOUNDS, "swalp::quantize_pack: bad parameter lists");
-  TORCH_CHECK((kind == FIXED_POINT || kind == BLOCK_FLOAT) && p[P_WL] <= 8,
-              "swalp::quantize_pack: fixed point or block floating point of at most 8 bits");
+  const bool integer = kind == FIXED_POINT || kind == BLOCK_FLOAT;
+  TORCH_CHECK(integer ? p[P_WL] <= 8 : (p[P_MAN] == 3 || p[P_MAN] == 2),
+              "swalp::quantize_pack: integer formats of at most 8 bits, or E4M3/E5M2 elements");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "swalp::quantize_pack: float32 or float64 input");
   auto i = [&](Param k) { return static_cast<int>(p[k]); };
@@ -442,9 +493,10 @@ std::tuple<at::Tensor, at::Tensor> quantize_pack_cpu(const at::Tensor& x, int64_
          i(P_FL), i(P_WL), i(P_EMIN), i(P_EMAX), i(P_OFFSET), i(P_BLOCK), i(P_AXIS), i(P_MAN), i(P_FEMIN),
          p[P_SIZE], p[P_SAT] != 0, f[B_QMIN], f[B_QMAX], f[B_BIG]};
   const at::Tensor xc = x.contiguous();
-  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  const auto code_type = integer ? at::kChar : p[P_MAN] == 3 ? at::kFloat8_e4m3fn : at::kFloat8_e5m2;
+  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(code_type));
   std::vector<int64_t> eshape;  // exponents: () for one block, (L) per index, (..., G) for tiles
-  if (kind == FIXED_POINT || x.numel() == 0) {
+  if (kind == FIXED_POINT || kind == FLOAT_FORMAT || x.numel() == 0) {
     eshape = {0};
   } else if (s.block == PER_AXIS && x.dim() > 0) {
     eshape = {x.size(s.axis)};
@@ -456,9 +508,18 @@ std::tuple<at::Tensor, at::Tensor> quantize_pack_cpu(const at::Tensor& x, int64_
   }
   at::Tensor exps = at::empty(eshape, x.options().dtype(at::kChar));
   std::atomic<int64_t> nan{0};
+  int8_t* e = exps.numel() ? exps.mutable_data_ptr<int8_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "swalp_quantize_pack", [&] {
-    Quant<scalar_t, int8_t> q{s, exps.numel() ? exps.mutable_data_ptr<int8_t>() : nullptr, &nan};
-    q.run(xc.const_data_ptr<scalar_t>(), codes.mutable_data_ptr<int8_t>(), xc.sizes());
+    const scalar_t* in = xc.const_data_ptr<scalar_t>();
+    if (integer) {
+      Quant<scalar_t, int8_t>{s, e, &nan}.run(in, codes.mutable_data_ptr<int8_t>(), xc.sizes());
+    } else if (code_type == at::kFloat8_e4m3fn) {
+      auto* out = reinterpret_cast<E4M3Code*>(codes.view(at::kByte).mutable_data_ptr<uint8_t>());
+      Quant<scalar_t, E4M3Code>{s, e}.run(in, out, xc.sizes());
+    } else {
+      auto* out = reinterpret_cast<E5M2Code*>(codes.view(at::kByte).mutable_data_ptr<uint8_t>());
+      Quant<scalar_t, E5M2Code>{s, e}.run(in, out, xc.sizes());
+    }
   });
   TORCH_CHECK_VALUE(nan.load() == 0, "cannot pack NaN into a fixed-point or block floating-point format: it has no NaN code");
   return {codes, exps};
