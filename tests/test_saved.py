@@ -57,3 +57,22 @@ def test_the_block_restores_the_hooks():
     from swalp.nn.saved import active
 
     assert active() is None
+
+
+def test_swalp_train_with_packed_activations_gives_the_same_run(tmp_path, monkeypatch):
+    from swalp.training import TrainConfig, train
+
+    kept = []  # the flag is wired: Quantizers in the run hand their packed form to the hooks
+    remember = packed_activations.remember
+    monkeypatch.setattr(packed_activations, "remember", lambda self, y, p: (kept.append(p.nbytes), remember(self, y, p)))
+    tiny = dict(data="digits", model="cnn", placement="activation", epochs=2, budget=1, limit_train=96, limit_test=64,
+                batch_size=32, threads=1)
+    plain = train(TrainConfig(**tiny, out=str(tmp_path / "plain")), progress=False, log=None)
+    assert not kept
+    packed = train(TrainConfig(**tiny, packed_activations=True, out=str(tmp_path / "packed")), progress=False, log=None)
+    assert kept
+    drop = lambda s: {k: v for k, v in s.items() if k != "wall_s"}  # noqa: E731
+    assert drop(packed) == drop(plain)
+    assert (tmp_path / "plain" / "metrics.jsonl").read_text() == (tmp_path / "packed" / "metrics.jsonl").read_text()
+    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True)["model"] for r in ("plain", "packed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -53,6 +53,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-on-device", action="store_true", default=None, help="copy in-memory data to the GPU once")
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory layout (GPU)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--packed-activations", action="store_true", default=None,
+                   help="keep the Quantizer outputs that backward needs packed in 8 bits (same numbers, less memory)")
     # Hidden: subsets for tests and quick looks.
     g.add_argument("--limit-train", type=int, default=None, help=argparse.SUPPRESS)
     g.add_argument("--limit-test", type=int, default=None, help=argparse.SUPPRESS)

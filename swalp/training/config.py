@@ -45,6 +45,7 @@ class TrainConfig:
     recipe: str = "paper"           # a name in swalp.recipes.RECIPES ("fp32" = full precision)
     bits: int | None = None         # word length override for the recipe's formats (>= 2)
     placement: str | None = None    # where quantize_model puts quantizers (swalp.nn.PLACEMENTS); None: "layer"
+    packed_activations: bool = False  # keep Quantizer outputs saved for backward in 8 bits (swalp.nn.packed_activations)
     # optimisation (SGD with momentum and weight decay, as the paper); cnn1d on mnist1d in brackets
     epochs: int | None = None       # total epochs E (45; the paper: 1.5 x budget)
     budget: int | None = None       # B: epochs of ordinary training; averaging starts at its end (30)

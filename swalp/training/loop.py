@@ -34,6 +34,7 @@ own fixed seed, so evaluating more or less often never changes the training traj
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -49,7 +50,7 @@ from tqdm.auto import tqdm
 from .._files import atomic_write, atomic_write_text, to_json
 from ..data import DataBundle, epoch_order, limit, load_data
 from ..models import build_model
-from ..nn import quantize_model
+from ..nn import packed_activations, quantize_model
 from ..optim import SWALPLR, LowPrecisionOptimizer, WeightAverage
 from ..recipes import Recipe, get_recipe
 from . import distributed
@@ -253,14 +254,16 @@ def train_epoch(run: Run, epoch: int, bar) -> dict:
     first_step = run.step + 1
     losses, wrongs, sizes = [], [], []  # per step, left on the device: no host sync per step
     order = epoch_order(len(run.train_set), cfg.seed, epoch)
+    saved = packed_activations if cfg.packed_activations else contextlib.nullcontext  # the same numbers
     for x, y, weight in distributed.batches(run.train_set, order, cfg.batch_size, run.device, cfg.num_workers):
         if run.data.train_transform is not None:
             x = run.data.train_transform(x)
         lr = run.optimizer.param_groups[0]["lr"]  # the epoch's line reports its last step's rate
-        logits = run.net(prepare_batch(x, cfg.channels_last))
-        loss = F.cross_entropy(logits, y)
         run.optimizer.zero_grad(set_to_none=True)
-        (loss if weight == 1 else loss * weight).backward()  # weight: this rank's share of the batch
+        with saved():
+            logits = run.net(prepare_batch(x, cfg.channels_last))
+            loss = F.cross_entropy(logits, y)
+            (loss if weight == 1 else loss * weight).backward()  # weight: this rank's share of the batch
         run.optimizer.step()
         run.scheduler.step()
         run.step += 1
