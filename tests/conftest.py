@@ -1,6 +1,6 @@
 import pytest
 
-from swalp.experiments.convex.common import one_thread as _one_thread
+from swalp.experiments.convex._runner import one_thread as _one_thread
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from swalp.cli import main
-from swalp.experiments.convex import common, linreg, logreg
+from swalp.experiments.convex import _runner as common
+from swalp.experiments.convex import linreg, logreg
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

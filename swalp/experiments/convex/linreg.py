@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .common import Problem, RunSpec, fixed_format, lookup, run_methods, slopes
+from ._runner import Problem, RunSpec, fixed_format, lookup, run_methods, slopes
 
 
 @dataclass(frozen=True)

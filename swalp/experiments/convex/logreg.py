@@ -34,7 +34,7 @@ import torch.nn.functional as nnf
 
 from ..._checks import check_choice
 from ...data.mnist import load_mnist_arrays
-from .common import Problem, RunSpec, fixed_format, lookup, one_thread, run_methods, slopes
+from ._runner import Problem, RunSpec, fixed_format, lookup, one_thread, run_methods, slopes
 
 DATASETS = ("digits", "mnist")
 

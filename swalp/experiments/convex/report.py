@@ -29,7 +29,7 @@ import torch
 
 from ..._files import atomic_write, atomic_write_text, write_json
 from ..methods import LABELS, METHODS
-from .common import lookup
+from ._runner import lookup
 
 STYLE = {
     "sgd_fp": dict(color="0.55", linestyle="--"),
