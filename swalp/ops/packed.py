@@ -121,9 +121,9 @@ def pack(x: Tensor, fmt: Format | str, rounding: Rounding | str = "nearest", see
     Args:
         x: a float16, bfloat16, float32 or float64 tensor of any shape (empty too).
         fmt, rounding, seed, backend, generator: as :func:`swalp.quantize` (its rounding,
-            its random bits). A backend with a packing kernel (C++ on CPU, for integer
-            formats of up to 8 bits) rounds straight into codes in one pass; otherwise the
-            reference packs.
+            its random bits). A backend with a packing kernel rounds straight into codes
+            in one pass (C++ on CPU: integer formats of up to 8 bits, FP8 E4M3/E5M2 and
+            MXFP8; Triton on CUDA: the integer formats); otherwise the reference packs.
 
     Returns:
         a :class:`PackedTensor` whose ``unpack(x.dtype)`` equals
