@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Union
 
 from ._checks import check_int
@@ -33,7 +33,8 @@ from ._checks import check_int
 __all__ = [
     "BFLOAT16", "FLOAT16", "FORMAT_TYPES", "FP8_E4M3", "FP8_E5M2", "MXFP4_E2M1", "MXFP6_E2M3", "MXFP6_E3M2",
     "MXFP8_E4M3", "MXFP8_E5M2", "MXINT8", "PRESETS", "BlockFloat", "Blocking", "FixedPoint", "FloatFormat",
-    "Format", "MXFloat", "PerAxis", "PerGroup", "PerTensor", "Rounding", "get_format",
+    "Format", "MXFloat", "PerAxis", "PerGroup", "PerTensor", "Rounding", "format_from_dict", "format_to_dict",
+    "get_format",
 ]  # fmt: skip
 
 
@@ -347,3 +348,29 @@ def get_format(name: str | Format) -> Format:
     if key not in PRESETS:
         raise ValueError(f"unknown format preset {name!r}; accepted: {', '.join(sorted(PRESETS))}")
     return PRESETS[key]
+
+
+_TYPES = {t.__name__: t for t in (*FORMAT_TYPES, PerTensor, PerAxis, PerGroup)}
+
+
+def format_to_dict(fmt: Format) -> dict:
+    """``fmt`` as plain data (str, int, bool, dict): what a ``weights_only`` checkpoint holds.
+
+    >>> format_to_dict(BlockFloat(8, block=PerAxis(0)))
+    {'type': 'BlockFloat', 'wl': 8, 'ebits': 8, 'block': {'type': 'PerAxis', 'axis': 0}, 'symmetric': False}
+    """
+    if not isinstance(fmt, (*FORMAT_TYPES, PerTensor, PerAxis, PerGroup)):
+        raise ValueError(f"not a format or blocking: {fmt!r}")
+    out = {"type": type(fmt).__name__}
+    for f in fields(fmt):
+        v = getattr(fmt, f.name)
+        out[f.name] = format_to_dict(v) if isinstance(v, (*FORMAT_TYPES, PerTensor, PerAxis, PerGroup)) else v
+    return out
+
+
+def format_from_dict(d: dict) -> Format:
+    """The format :func:`format_to_dict` wrote (validated as any format is)."""
+    if not isinstance(d, dict) or d.get("type") not in _TYPES:
+        raise ValueError(f"not a format dict: {d!r}; accepted types: {', '.join(sorted(_TYPES))}")
+    kwargs = {k: format_from_dict(v) if isinstance(v, dict) else v for k, v in d.items() if k != "type"}
+    return _TYPES[d["type"]](**kwargs)

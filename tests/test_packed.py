@@ -181,3 +181,22 @@ def test_triton_packing_kernel_under_the_interpreter():
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "0"
+
+
+def test_a_packed_tensor_survives_a_weights_only_checkpoint(tmp_path):
+    for fmt in (BlockFloat(8, block=PerAxis(0)), MXINT8, FP8_E5M2, MXFP8_E4M3, FixedPoint(8, 6)):
+        p = swalp.pack(torch.randn(6, 40), fmt, "stochastic", seed=1)
+        torch.save({"w": p.state_dict()}, tmp_path / "c.pt")
+        back = swalp.PackedTensor.from_state_dict(torch.load(tmp_path / "c.pt", weights_only=True)["w"])
+        assert back.fmt == fmt and torch.equal(back.unpack(), p.unpack())
+
+
+def test_every_preset_round_trips_through_a_dict():
+    from swalp.formats import PRESETS, format_from_dict, format_to_dict
+
+    for fmt in PRESETS.values():
+        assert format_from_dict(format_to_dict(fmt)) == fmt
+    with pytest.raises(ValueError, match="not a format dict.*accepted types: BlockFloat"):
+        format_from_dict({"type": "Int4"})
+    with pytest.raises(ValueError, match="wl must be an integer in"):
+        format_from_dict({"type": "FixedPoint", "wl": 1, "fl": 0})  # validated as any format

@@ -32,7 +32,18 @@ import torch
 from torch import Tensor
 
 from .._rng import check_generator, draw_seed
-from ..formats import BlockFloat, FixedPoint, FloatFormat, Format, MXFloat, PerAxis, PerGroup, Rounding
+from ..formats import (
+    BlockFloat,
+    FixedPoint,
+    FloatFormat,
+    Format,
+    MXFloat,
+    PerAxis,
+    PerGroup,
+    Rounding,
+    format_from_dict,
+    format_to_dict,
+)
 from ._dispatch import check_args, pick_backend
 from ._reference import axis_index, compute_dtype, encode, pow2
 
@@ -105,6 +116,15 @@ class PackedTensor:
             e = e - (fmt.wl - 2) if isinstance(fmt, BlockFloat) else e
         a = torch.div(e, 2, rounding_mode="floor")
         return values.mul_(pow2(a, work)).mul_(pow2(e - a, work)).to(dtype)
+
+    def state_dict(self) -> dict:
+        """Tensors and plain data only, so ``torch.load(..., weights_only=True)`` reads it."""
+        return {"codes": self.codes, "exponents": self.exponents, "format": format_to_dict(self.fmt)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "PackedTensor":
+        """The PackedTensor :meth:`state_dict` described."""
+        return cls(state["codes"], state["exponents"], format_from_dict(state["format"]))
 
     def to(self, device) -> "PackedTensor":
         exponents = None if self.exponents is None else self.exponents.to(device)
