@@ -175,3 +175,10 @@ def test_the_model_remembers_its_recipe_for_the_optimizer():
         swalp.LowPrecisionOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "paper", seed=0)
     with pytest.raises(ValueError, match="no recipe"):
         swalp.LowPrecisionOptimizer(torch.optim.SGD(small_net().parameters(), lr=0.1), seed=0)
+
+
+def test_a_bad_argument_leaves_the_model_untouched():
+    net = small_net()
+    with pytest.raises(ValueError, match="generator must be a torch.Generator or None, got int"):
+        quantize_model(net, "paper", generator=5)
+    assert not quantizers(net) and swalp.nn.model_recipe(net.parameters()) is None

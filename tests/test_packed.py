@@ -189,6 +189,8 @@ def test_a_packed_tensor_survives_a_weights_only_checkpoint(tmp_path):
         torch.save({"w": p.state_dict()}, tmp_path / "c.pt")
         back = swalp.PackedTensor.from_state_dict(torch.load(tmp_path / "c.pt", weights_only=True)["w"])
         assert back.fmt == fmt and torch.equal(back.unpack(), p.unpack())
+    with pytest.raises(ValueError, match="not a PackedTensor state dict"):
+        swalp.PackedTensor.from_state_dict({"codes": torch.zeros(1)})
 
 
 def test_every_preset_round_trips_through_a_dict():

@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 from torch import nn
 
 from .._checks import check_bool, check_choice
+from .._rng import check_generator
 from ..recipes import Recipe, get_recipe
 from .quantizer import Quantizer
 
@@ -98,6 +99,7 @@ def quantize_model(
         Quantizer(forward=BlockFloat(wl=8, ebits=8, block=PerTensor()), backward=BlockFloat(wl=8, ebits=8, block=PerTensor()), rounding=stochastic)
     """
     recipe = get_recipe(recipe)
+    check_generator(generator)  # every check before the model is touched
     if placement is not None:
         check_choice("placement", placement, PLACEMENTS)
     if filter_fn is not None and not callable(filter_fn):

@@ -124,6 +124,8 @@ class PackedTensor:
     @classmethod
     def from_state_dict(cls, state: dict) -> "PackedTensor":
         """The PackedTensor :meth:`state_dict` described."""
+        if not isinstance(state, dict) or not {"codes", "exponents", "format"} <= set(state):
+            raise ValueError("not a PackedTensor state dict: it needs 'codes', 'exponents' and 'format'")
         return cls(state["codes"], state["exponents"], format_from_dict(state["format"]))
 
     def to(self, device) -> "PackedTensor":
