@@ -187,3 +187,14 @@ def test_batchnorm_statistics_of_the_average_are_recomputed_with_the_transform(t
     net.load_state_dict(avg)
     x_test, y_test = (t[:100] for t in data_mod.load_data("digits").test.tensors)
     assert s["swalp"]["test_error"] == 100.0 * (net.eval()(x_test).argmax(1) != y_test).sum().item() / 100
+
+
+def test_the_average_can_live_on_another_device(tmp_path):
+    """--avg-device: where the average's memory is; the run's numbers do not change (here both
+    are the CPU: what is checked is the wiring and the identity of the results)."""
+    base = run(tiny(tmp_path, "base"))
+    moved = run(tiny(tmp_path, "moved", avg_device="cpu"))
+    assert {k: v for k, v in moved.items() if k != "wall_s"} == {k: v for k, v in base.items() if k != "wall_s"}
+    assert json.loads((tmp_path / "moved" / "config.json").read_text())["avg_device"] == "cpu"
+    with pytest.raises(ValueError, match="unknown --avg-device 'gpu7'"):
+        resolve(tiny(tmp_path, avg_device="gpu7"))

@@ -46,6 +46,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--avg-every", type=int, default=None, help=f"average every c units from the end of the budget (default {_D.avg_every})")
     g.add_argument("--avg-unit", default=None, choices=AVG_UNITS, help=f"unit of --avg-every (default {_D.avg_unit})")
     g.add_argument("--avg-format", default=None, help="keep the average in this number format, e.g. bfloat16 (default fp32)")
+    g.add_argument("--avg-device", default=None, help="keep the average in this device's memory, e.g. cpu (default: the training device)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help=f"cpu, cuda, cuda:N or auto (default {_D.device})")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the model's; 1 for the small models)")

@@ -60,6 +60,7 @@ class TrainConfig:
     avg_every: int = 1              # c: average every c units from the end of the budget on
     avg_unit: str = "epoch"         # AVG_UNITS: "epoch" or "step"
     avg_format: str | None = None   # keep the average in this format (swalp.get_format name); None: fp32
+    avg_device: str | None = None   # keep the average in this device's memory (e.g. "cpu"); None: the training device
     # run
     seed: int = 0
     device: str = "cpu"             # "cpu", "cuda", "cuda:N" or "auto"
@@ -112,6 +113,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if c.avg_format is not None:
         get_format(c.avg_format)
     pick_device(c.device)
+    if c.avg_device is not None:
+        pick_device(c.avg_device, "--avg-device")
     out = Path(c.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; it must be a folder (created if missing)")
@@ -122,14 +125,15 @@ def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def pick_device(name: str) -> torch.device:
-    """The device called ``name``: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (a GPU if any)."""
+def pick_device(name: str, flag: str = "--device") -> torch.device:
+    """The device called ``name``: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (a GPU if any);
+    ``flag`` names the setting in error messages."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown --device {name!r}; accepted: 'cpu', 'cuda', 'cuda:N', 'auto'") from None
+        raise ValueError(f"unknown {flag} {name!r}; accepted: 'cpu', 'cuda', 'cuda:N', 'auto'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: CUDA is not available here; use --device cpu")
+        raise ValueError(f"{flag} {name!r}: CUDA is not available here; use {flag} cpu")
     return device

@@ -45,9 +45,9 @@ def has_batchnorm(model: nn.Module) -> bool:
 def averaged_model(average: WeightAverage, dataset, batch_size: int, device: torch.device, num_workers: int = 0,
                    transform=None) -> nn.Module:
     """The average as a full-precision model; batch-norm statistics recomputed in one pass
-    over the training data (``transform``: its augmentation). A copy, so the running
-    average is never touched."""
-    model = copy.deepcopy(average.module)
+    over the training data (``transform``: its augmentation). A copy on ``device`` (the
+    average may live elsewhere, ``--avg-device``), so the running average is never touched."""
+    model = copy.deepcopy(average.module).to(device)
     set_quantizers(model, False)
     if has_batchnorm(model):
         with _fork_rng(device):

@@ -216,7 +216,8 @@ def build(cfg: TrainConfig, device: torch.device) -> Run:
     optimizer = LowPrecisionOptimizer(base, recipe, seed=cfg.seed)
     scheduler = SWALPLR(base, budget=cfg.budget, swa_lr=cfg.swa_lr, ratio=cfg.lr_ratio,
                         steps_per_epoch=math.ceil(len(train_set) / cfg.batch_size), kind=cfg.schedule)
-    average = WeightAverage(model, fmt=cfg.avg_format, device=device, seed=cfg.seed)
+    avg_device = device if cfg.avg_device is None else pick_device(cfg.avg_device)
+    average = WeightAverage(model, fmt=cfg.avg_format, device=avg_device, seed=cfg.seed)
     distributed.seed_rank(cfg.seed)  # the weights are built: from here on each rank rounds activations its own way
     return Run(cfg, device, recipe, data, train_set, test_set, model, net, optimizer, scheduler, average)
 
