@@ -16,8 +16,9 @@ updating an average after each, and reports:
 Variants: ``fp32`` (torch.optim.SGD and torch's AveragedModel), ``paper`` (the simulated
 8-bit recipe: quantize_model, LowPrecisionOptimizer, WeightAverage; every number a grid
 value held in float32) and ``paper-packed-act`` (the same, with the activations autograd
-saves for backward kept packed: ``swalp.nn.packed_activations``). Packed weights, momentum
-and gradients will join them when packed training state exists.
+saves for backward kept packed: ``swalp.nn.packed_activations``) and ``paper-packed-state``
+(the optimizer's momentum held packed between steps: ``storage="packed"``). Packed weights and
+gradients will join them.
 
 Usage:
     python benchmarks/memory.py                                   # cnn1d and vgg16, 3 steps
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from _common import machine_info, write_records
 
 BATCH = {"cnn1d": (100, (1, 40), 10), "vgg16": (128, (3, 32, 32), 10)}
-VARIANTS = ("fp32", "paper", "paper-packed-act")
+VARIANTS = ("fp32", "paper", "paper-packed-act", "paper-packed-state")
 
 
 def rss_kb(field: str = "VmRSS") -> int:
@@ -76,7 +77,8 @@ def child(model_name: str, variant: str, steps: int, threads: int) -> dict:
         opt, average = sgd, torch.optim.swa_utils.AveragedModel(model)
     else:
         swalp.quantize_model(model, "paper")
-        opt, average = swalp.LowPrecisionOptimizer(sgd, seed=0), swalp.WeightAverage(model, seed=0)
+        storage = "packed" if variant == "paper-packed-state" else "simulated"
+        opt, average = swalp.LowPrecisionOptimizer(sgd, seed=0, storage=storage), swalp.WeightAverage(model, seed=0)
     saved = swalp.nn.packed_activations if variant == "paper-packed-act" else contextlib.nullcontext
     for _ in range(steps):
         opt.zero_grad(set_to_none=False)  # the gradients persist between steps, as in a real loop's last step
@@ -91,6 +93,7 @@ def child(model_name: str, variant: str, steps: int, threads: int) -> dict:
     state = [*params, *(p.grad for p in params), *(v for s in sgd.state.values() for v in s.values())]
     if variant != "fp32":
         state += list(opt.acc.values())
+        state += [t for buffers in opt.packed.values() for pk in buffers.values() for t in (pk.codes, pk.exponents)]
     return dict(model=model_name, variant=variant, params=n, steps=steps, threads=threads,
                 state_bytes_per_param=tensor_bytes(state) / n,
                 average_bytes_per_param=tensor_bytes([*average.module.parameters()]) / n,

@@ -44,6 +44,7 @@ def test_memory_benchmark_counts_every_persistent_byte(tmp_path):
     out = run("memory.py", "--models", "cnn1d", "--steps", "1", "--threads", "1", "--json", str(tmp_path / "m.json"))
     assert out.returncode == 0, out.stderr[-2000:]
     records = {r["variant"]: r for r in json.loads((tmp_path / "m.json").read_text())}
-    for r in records.values():  # float32 weight, gradient and momentum; a float32 average
-        assert (r["state_bytes_per_param"], r["average_bytes_per_param"]) == (12.0, 4.0)
+    for name, r in records.items():  # float32 weight, gradient and momentum (or an 8-bit one); a float32 average
+        want = (9.0, 9.1) if name == "paper-packed-state" else (12.0, 12.0)
+        assert want[0] <= r["state_bytes_per_param"] <= want[1] and r["average_bytes_per_param"] == 4.0
         assert r["peak_mb"] > 0

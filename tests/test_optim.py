@@ -327,3 +327,77 @@ def test_building_leaves_the_global_generator_untouched_and_generator_draws_the_
     assert not torch.equal(torch.get_rng_state(), before)
     with pytest.raises(ValueError, match="generator must be a torch.Generator or None, got int"):
         LowPrecisionOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "paper", generator=5)
+
+
+# ----------------------------------------------------------------------------- storage="packed"
+
+
+def make(recipe, storage, kind="sgd"):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+    if kind == "sgd":
+        inner = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOM, weight_decay=WD)
+    else:
+        inner = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    return net, LowPrecisionOptimizer(inner, recipe, seed=7, storage=storage)
+
+
+def float_state(opt, net):
+    """Every state buffer as a float tensor, whichever the storage."""
+    out = {}
+    for i, p in enumerate(net.parameters()):
+        for key, v in opt.state[p].items():
+            out[(i, key)] = v
+        for key, packed in opt.packed.get(p, {}).items():
+            out[(i, key)] = packed.unpack(p.dtype)
+    return out
+
+
+@pytest.mark.parametrize("recipe, kind", [("paper", "sgd"), (ACC8, "sgd"), ("mx", "sgd"), ("fp8", "sgd"),
+                                          ("paper", "adamw")], ids=["paper", "acc8", "mx", "fp8", "adamw"])
+def test_packed_state_is_bit_identical_to_the_simulated(recipe, kind):
+    (a, sim), (b, packed) = make(recipe, "simulated", kind), make(recipe, "packed", kind)
+    for k in range(4):
+        train(a, sim, 1, start=k)
+        train(b, packed, 1, start=k)
+        assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+        fa, fb = float_state(sim, a), float_state(packed, b)
+        assert fa.keys() == fb.keys() and all(torch.equal(fa[k2], fb[k2]) for k2 in fa)
+    first = "momentum_buffer" if kind == "sgd" else "exp_avg"
+    for p in b.parameters():  # held packed: one byte per element and an exponent per block, no float buffer
+        assert first not in packed.state[p] and packed.packed[p][first].codes.element_size() == 1
+    if kind == "adamw":  # the second moment stays a float tensor, as in the simulated storage
+        assert all("exp_avg_sq" in packed.state[p] for p in b.parameters())
+
+
+def test_a_checkpoint_loads_into_either_storage_and_training_continues_identically():
+    (a, sim), (b, packed) = make("paper", "simulated"), make("paper", "packed")
+    train(a, sim, 2)
+    train(b, packed, 2)
+    saved_packed, saved_sim = copy.deepcopy(packed.state_dict()), copy.deepcopy(sim.state_dict())
+    assert saved_packed["swalp"]["packed"] and not saved_sim["swalp"]["packed"]
+    for saved in (saved_packed, saved_sim):
+        for storage in ("simulated", "packed"):
+            net, opt = make("paper", storage)
+            net.load_state_dict(a.state_dict())
+            opt.load_state_dict(copy.deepcopy(saved))
+            train(net, opt, 2, start=2)
+            ref_net = copy.deepcopy(a)
+            ref_opt = LowPrecisionOptimizer(torch.optim.SGD(ref_net.parameters(), lr=LR, momentum=MOM, weight_decay=WD),
+                                            "paper", seed=7)
+            ref_opt.load_state_dict(copy.deepcopy(saved_sim))
+            train(ref_net, ref_opt, 2, start=2)
+            assert all(torch.equal(x, y) for x, y in zip(net.parameters(), ref_net.parameters()))
+
+
+def test_packed_storage_errors_and_nan_fallback():
+    with pytest.raises(ValueError, match="unknown storage 'int8'; accepted: 'simulated', 'packed'"):
+        make("paper", "int8")
+    net, opt = make("paper", "packed")
+    train(net, opt, 1)
+    p = next(net.parameters())
+    opt.packed[p]["momentum_buffer"] = swalp.pack(torch.full(p.shape, 0.5), opt.recipe.momentum)
+    with torch.no_grad():
+        p.grad = torch.full_like(p, float("nan"))
+    opt.step()  # a NaN momentum cannot be packed: it stays a float tensor (the loss check reports it)
+    assert torch.isnan(opt.state[p]["momentum_buffer"]).all() and p not in opt.packed

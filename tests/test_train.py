@@ -198,3 +198,18 @@ def test_the_average_can_live_on_another_device(tmp_path):
     assert json.loads((tmp_path / "moved" / "config.json").read_text())["avg_device"] == "cpu"
     with pytest.raises(ValueError, match="unknown --avg-device 'gpu7'"):
         resolve(tiny(tmp_path, avg_device="gpu7"))
+
+
+def test_packed_storage_gives_the_same_run_and_resumes_across_storages(tmp_path):
+    sim = run(tiny(tmp_path, "sim"))
+    packed = run(tiny(tmp_path, "packed", storage="packed"))
+    drop = lambda s: {k: v for k, v in s.items() if k != "wall_s"}  # noqa: E731
+    assert drop(packed) == drop(sim)
+    assert read_metrics(tmp_path / "sim") == read_metrics(tmp_path / "packed")
+    ckpt = load_checkpoint(tmp_path / "packed" / "checkpoint.pt")
+    assert ckpt["optimizer"]["swalp"]["packed"]  # the momentum is in the checkpoint packed
+    run(tiny(tmp_path, "stopped", storage="packed"), stop_after=2)
+    train(TrainConfig(), resume=str(tmp_path / "stopped"), progress=False, log=None)
+    assert read_metrics(tmp_path / "stopped") == read_metrics(tmp_path / "sim")
+    with pytest.raises(ValueError, match="unknown --storage 'ram'"):
+        resolve(tiny(tmp_path, storage="ram"))

@@ -15,7 +15,7 @@ import dataclasses
 import sys
 
 from ..nn import PLACEMENTS
-from ..optim import KINDS
+from ..optim import KINDS, STORAGES
 from ..recipes import RECIPES
 from ..training import AVG_UNITS, Diverged, TrainConfig, resolve, train
 from ..training import distributed
@@ -54,6 +54,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-on-device", action="store_true", default=None, help="copy in-memory data to the GPU once")
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory layout (GPU)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--storage", default=None, choices=STORAGES,
+                   help=f"how the optimizer state is held between steps (default {_D.storage}; packed: 8 bits, same numbers)")
     g.add_argument("--packed-activations", action="store_true", default=None,
                    help="keep the Quantizer outputs that backward needs packed in 8 bits (same numbers, less memory)")
     # Hidden: subsets for tests and quick looks.

@@ -15,7 +15,7 @@ Example:
 """
 
 from .averaging import WeightAverage, update_bn
-from .optimizer import LowPrecisionOptimizer
+from .optimizer import STORAGES, LowPrecisionOptimizer
 from .schedule import KINDS, SWALPLR, swalp_lr
 
-__all__ = ["KINDS", "LowPrecisionOptimizer", "SWALPLR", "WeightAverage", "swalp_lr", "update_bn"]
+__all__ = ["KINDS", "LowPrecisionOptimizer", "STORAGES", "SWALPLR", "WeightAverage", "swalp_lr", "update_bn"]

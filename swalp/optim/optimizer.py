@@ -49,11 +49,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .._checks import check_choice
 from .._rng import chain_seed, check_generator, check_seed, derive_seed, draw_seed
 from ..formats import Format, Rounding
 from ..nn.convert import model_recipe
 from ..ops._dispatch import dispatch, dispatch_many_
+from ..ops.packed import PackedTensor, pack
 from ..recipes import Recipe, get_recipe, param_format
+
+STORAGES = ("simulated", "packed")  # how the rounded state is held between steps
 
 SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "exp_inf", "step_size")
 # Counters and scalars that may be tensors (of a 0-D parameter's shape, even): never rounded.
@@ -105,6 +109,11 @@ class LowPrecisionOptimizer(Optimizer):
         seed: base seed of every rounding; None draws one at the first stochastic rounding.
         state_formats: ``{state key: format or None}``, overriding the defaults above.
         generator: where a missing seed is drawn from (default: torch's global generator).
+        storage: ``"simulated"`` (every buffer a float tensor of grid values) or ``"packed"``:
+            between steps the rounded optimizer state buffers (momentum) are held packed
+            (:func:`swalp.pack`, 8 bits and an exponent per block) and unpacked for the
+            wrapped step, with the same numbers bit for bit. Weights and gradients are
+            float32 in both (packed weights and gradients are to come).
 
     The initial weights are quantized at construction (``w = Q_W(a)``, ``a = Q_ACC(p)``),
     so the first forward already uses low-precision weights. Parameters without a
@@ -133,6 +142,7 @@ class LowPrecisionOptimizer(Optimizer):
         state_formats: dict[str, Format | None] | None = None,
         *,
         generator: torch.Generator | None = None,
+        storage: str = "simulated",
     ):
         # Deliberately not Optimizer.__init__: the param groups and state are the wrapped
         # optimizer's own objects. Subclassing keeps isinstance(x, Optimizer) true, which
@@ -146,6 +156,8 @@ class LowPrecisionOptimizer(Optimizer):
         self.seed = None if seed is None else check_seed(seed)
         self._generator = check_generator(generator)
         self.state_formats = dict(state_formats or {})
+        self.storage = check_choice("storage", storage, STORAGES)
+        self.packed: dict[Tensor, dict[str, PackedTensor]] = {}  # storage="packed": state buffers between steps
         self.steps = 0
         self._prefix = (None, 0)  # ((seed, steps), derive_seed(seed, steps)), see _seed
         self.acc: dict[Tensor, Tensor] = {}  # only when the accumulator differs from the weights
@@ -273,6 +285,7 @@ class LowPrecisionOptimizer(Optimizer):
             return loss
 
         params = self._params()
+        self._unpack_state()
         weights = {}  # the wrapped step updates the accumulator, not Q_W(a); a frozen p gets Q_W(a) back
         for p in params if self.acc else ():
             if p in self.acc:
@@ -299,9 +312,31 @@ class LowPrecisionOptimizer(Optimizer):
                 self._store(i, p, p.detach(), _ACC)
             for j, (key, s) in enumerate(sorted(self.optimizer.state[p].items())):
                 if isinstance(s, Tensor) and s.is_floating_point() and s.shape == p.shape and key not in SCALARS:
-                    jobs.append((s, self.state_format(key), (i, _STATE, j)))
+                    if not self._pack_state(p, key, s, self.state_format(key), (i, _STATE, j)):
+                        jobs.append((s, self.state_format(key), (i, _STATE, j)))
         self._q_many_(jobs)
         return loss
+
+    def _pack_state(self, p: Tensor, key: str, s: Tensor, fmt: Format | None, seed_key: tuple) -> bool:
+        """storage="packed": round ``s`` straight into packed form (the seed ``_q`` would use) and
+        drop the float buffer; False where it stays a float tensor (no format, no packed form,
+        or a NaN, which the training loop's own check then reports)."""
+        if self.storage != "packed" or fmt is None:
+            return False
+        try:
+            packed = pack(s, _param_format(fmt, s), self.recipe.rounding, chain_seed(self._seed(), seed_key))
+        except ValueError:
+            return False
+        self.packed.setdefault(p, {})[key] = packed
+        del self.optimizer.state[p][key]
+        return True
+
+    def _unpack_state(self) -> None:
+        """Put the packed state buffers back as float tensors for the wrapped step."""
+        for p, buffers in self.packed.items():
+            for key, packed in buffers.items():
+                self.optimizer.state[p][key] = packed.unpack(p.dtype)
+        self.packed = {}
 
     # --- checkpoints -------------------------------------------------------------------
 
@@ -312,7 +347,8 @@ class LowPrecisionOptimizer(Optimizer):
             pre_hook(self)
         params = self._params()
         acc = {i: self.acc[p].clone() for i, p in enumerate(params) if p in self.acc}
-        swalp = {"seed": self.seed, "steps": self.steps, "acc": acc, "recipe": self.recipe.to_dict()}
+        packed = {i: {k: v.state_dict() for k, v in self.packed[p].items()} for i, p in enumerate(params) if p in self.packed}
+        swalp = {"seed": self.seed, "steps": self.steps, "acc": acc, "recipe": self.recipe.to_dict(), "packed": packed}
         state_dict = {**self.optimizer.state_dict(), "swalp": swalp}
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state_dict)
@@ -352,3 +388,14 @@ class LowPrecisionOptimizer(Optimizer):
             if not 0 <= i < len(params) or a.shape != params[i].shape:
                 raise ValueError(f"accumulator {i} does not match the optimizer's parameters")
             self.acc[params[i]] = a.detach().to(params[i].device, params[i].dtype).clone()
+        # Packed state buffers (saved by storage="packed"): kept packed, or unpacked into the
+        # wrapped optimizer's state for storage="simulated"; the numbers are the same.
+        self.packed = {}
+        for i, buffers in sw.get("packed", {}).items():
+            p = params[int(i)]
+            for key, saved in buffers.items():
+                packed = PackedTensor.from_state_dict(saved).to(p.device)
+                if self.storage == "packed":
+                    self.packed.setdefault(p, {})[key] = packed
+                else:
+                    self.optimizer.state[p][key] = packed.unpack(p.dtype)

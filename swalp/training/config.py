@@ -22,7 +22,7 @@ from ..data import DATASETS
 from ..formats import get_format
 from ..models import MODELS, default_model, model_defaults
 from ..nn import PLACEMENTS
-from ..optim import KINDS
+from ..optim import KINDS, STORAGES
 from ..recipes import get_recipe
 from . import distributed
 
@@ -46,6 +46,7 @@ class TrainConfig:
     bits: int | None = None         # word length override for the recipe's formats (>= 2)
     placement: str | None = None    # where quantize_model puts quantizers (swalp.nn.PLACEMENTS); None: "layer"
     packed_activations: bool = False  # keep Quantizer outputs saved for backward in 8 bits (swalp.nn.packed_activations)
+    storage: str = "simulated"      # swalp.optim.STORAGES: "packed" holds the optimizer state in 8 bits between steps
     # optimisation (SGD with momentum and weight decay, as the paper); cnn1d on mnist1d in brackets
     epochs: int | None = None       # total epochs E (45; the paper: 1.5 x budget)
     budget: int | None = None       # B: epochs of ordinary training; averaging starts at its end (30)
@@ -103,6 +104,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     distributed.check_batch_size(c.batch_size)  # a multiple of the number of processes (under torchrun)
     check_choice("--schedule", c.schedule, KINDS)
     check_choice("--avg-unit", c.avg_unit, AVG_UNITS)
+    check_choice("--storage", c.storage, STORAGES)
     check_int("--avg-every", c.avg_every, 1)
     if c.placement is not None:
         check_choice("--placement", c.placement, PLACEMENTS)

@@ -213,7 +213,7 @@ def build(cfg: TrainConfig, device: torch.device) -> Run:
     net = distributed.wrap(model, device)  # DistributedDataParallel under torchrun, else `model` itself
     net = torch.compile(net) if cfg.compile else net  # train through `net`, save `model`
     base = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
-    optimizer = LowPrecisionOptimizer(base, recipe, seed=cfg.seed)
+    optimizer = LowPrecisionOptimizer(base, recipe, seed=cfg.seed, storage=cfg.storage)
     scheduler = SWALPLR(base, budget=cfg.budget, swa_lr=cfg.swa_lr, ratio=cfg.lr_ratio,
                         steps_per_epoch=math.ceil(len(train_set) / cfg.batch_size), kind=cfg.schedule)
     avg_device = device if cfg.avg_device is None else pick_device(cfg.avg_device)
