@@ -56,6 +56,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         return out, {k: copy.deepcopy(getattr(r, k).state_dict()) for k in ("model", "optimizer", "average")}
 
     result["summary"], result["full"] = run(TrainConfig(**TINY, out=f"{root}/full"))
+    result["packed_summary"], result["packed"] = run(TrainConfig(**TINY, storage="packed", out=f"{root}/packed"))
     result["stopped"], _ = run(TrainConfig(**TINY, out=f"{root}/part"), stop_after=1)
     _, result["resumed"] = run(TrainConfig(), resume=f"{root}/part")
     run(TrainConfig(**FP32, out=f"{root}/fp32"))
@@ -105,6 +106,16 @@ def test_ranks_hold_bit_identical_low_precision_state(ranks):
     assert len(ckpt["rng_ranks"]) == 2
     assert torch.equal(ckpt["rng"]["torch"], ckpt["rng_ranks"][0]["torch"])
     assert not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])
+
+
+def test_packed_optimizer_state_trains_the_same_on_every_rank(ranks):
+    """storage="packed" under DDP: the model and the average are the simulated run's, bit for bit."""
+    _, (r0, r1) = ranks
+    for r in (r0, r1):
+        assert_equal(r["packed"]["model"], r0["full"]["model"], "packed model")
+        assert_equal(r["packed"]["average"], r0["full"]["average"], "packed average")
+        assert r["packed"]["optimizer"]["swalp"]["packed"]  # the momentum was held packed
+    assert drop_wall(r0["packed_summary"]) == drop_wall(r0["summary"])
 
 
 def test_batch_norm_statistics_are_rank_0s_everywhere(ranks):
