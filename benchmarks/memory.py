@@ -9,6 +9,8 @@ updating an average after each, and reports:
 * ``state_bytes_per_param``: the bytes of every tensor that persists between steps (weights,
   gradients, optimizer state, the optimizer's accumulators), each storage counted once,
   divided by the number of parameters; ``average_bytes_per_param`` likewise for the average;
+* ``saved_packed_mb`` / ``saved_float_mb`` (packed activations): the saved Quantizer outputs
+  of one step, packed, and as float32 tensors they would have taken;
 * ``peak_mb``: the process's peak resident memory during the steps minus its resident memory
   just before the model was built (the peak is reset there through /proc/self/clear_refs), so
   that the interpreter and torch itself are not counted. Linux only.
@@ -82,7 +84,7 @@ def child(model_name: str, variant: str, steps: int, threads: int) -> dict:
     saved = swalp.nn.packed_activations if variant == "paper-packed-act" else contextlib.nullcontext
     for _ in range(steps):
         opt.zero_grad(set_to_none=False)  # the gradients persist between steps, as in a real loop's last step
-        with saved():
+        with saved() as kept:
             loss = F.cross_entropy(model(x), y)
             loss.backward()
         opt.step()
@@ -98,6 +100,9 @@ def child(model_name: str, variant: str, steps: int, threads: int) -> dict:
                 state_bytes_per_param=tensor_bytes(state) / n,
                 average_bytes_per_param=tensor_bytes([*average.module.parameters()]) / n,
                 peak_mb=(peak - before) / 1024, torch=torch.__version__,
+                # packed-act: what the saved Quantizer outputs of one step took packed, and would as they were
+                saved_packed_mb=kept.packed_bytes / 2**20 if kept else None,
+                saved_float_mb=kept.float_bytes / 2**20 if kept else None,
                 machine=machine_info())
 
 
