@@ -2,7 +2,7 @@
 
 Stochastic rounding of element ``i`` with seed ``s`` uses 32 bits that depend only on
 ``(s, i)`` (:func:`random_bits`), so a result is the same on any backend and any number
-of threads. The C++ kernels (``swalp/ops/cpu/csrc/quantize.cpp``, ``struct Rng``) and the
+of threads. The C++ kernels (``swalp/ops/cpu/csrc/quant.h``, ``struct Rng``) and the
 Triton kernels (``swalp/ops/triton/_kernels.py``, ``_round``) repeat :func:`random_bits`
 bit for bit; ``tests/test_quantize.py`` pins its golden values.
 

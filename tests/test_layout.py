@@ -134,7 +134,7 @@ def test_public_packages_declare_all(name):
 
 def test_kernel_codes_agree_in_python_cpp_and_triton():
     """Kind, Block and the parameter vectors' positions, as swalp/ops/_schema.py names them."""
-    cpp = (PACKAGE / "ops" / "cpu" / "csrc" / "quantize.cpp").read_text()
+    cpp = (PACKAGE / "ops" / "cpu" / "csrc" / "quant.h").read_text()
 
     def enum(name):
         body = re.search(rf"enum {name} : int {{([^}}]*)}}", cpp).group(1)

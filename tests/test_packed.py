@@ -107,7 +107,7 @@ def test_moves_between_devices_and_keeps_its_values():
 
 # ----------------------------------------------------------------------------- the C++ packing kernel
 
-KERNEL_CASES = [  # every path of swalp/ops/cpu/csrc/quantize.cpp: per tensor, fused rows, long rows,
+KERNEL_CASES = [  # every path of swalp/ops/cpu/csrc/quant.h: per tensor, fused rows, long rows,
     ((1000, 70), BlockFloat(8)),  # columns, strided blocks, runs of tiles, tiles across rows
     ((64, 3000), BlockFloat(8, block=PerAxis(0))),
     ((1, 200_000), BlockFloat(8, block=PerAxis(0))),

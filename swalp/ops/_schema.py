@@ -16,7 +16,7 @@ Schema: ``quantize(Tensor x, int kind, int[] p, float[] f, int rounding, int k0,
 * ``rounding``: 0 nearest, 1 stochastic; ``k0, k1``: the hash keys of the seed
   (:func:`swalp._rng.seed_keys`).
 
-The C++ kernels (``swalp/ops/cpu/csrc/quantize.cpp``, enums ``Kind``, ``Block``,
+The C++ kernels (``swalp/ops/cpu/csrc/quant.h``, enums ``Kind``, ``Block``,
 ``Param``, ``Bound``) and the Triton kernels (``swalp/ops/triton/_kernels.py``) name the
 same codes and positions; ``tests/test_kernels.py`` checks that the three files agree.
 

@@ -34,7 +34,9 @@ import torch
 
 from ..._files import cache_dir
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("quantize.cpp", "output.cpp", "ste.cpp")]
+_CSRC = Path(__file__).with_name("csrc")
+SOURCES = [_CSRC / name for name in ("quantize.cpp", "pack.cpp", "output.cpp", "ste.cpp")]
+HEADERS = [_CSRC / "quant.h"]  # in the cache key too: a change to the kernels rebuilds
 _BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 
 _lock = threading.Lock()
@@ -67,7 +69,7 @@ def openmp_flags() -> list[str]:
 def build_dir() -> Path:
     """The cache folder of this source, these flags, this Python and this torch."""
     key = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         key.update(source.read_bytes())
     key.update(" ".join(cflags()).encode())
     key.update(f"{torch.__version__} {sys.version_info[:2]} {platform.machine()}".encode())
