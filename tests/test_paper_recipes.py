@@ -66,6 +66,9 @@ def test_compare_plans_the_four_methods_with_the_papers_schedule(tmp_path):
     assert [(r.config.recipe, r.config.bits) for r in runs] == [("fp32", None), ("paper", 8)]
     for r in runs:
         assert {k: getattr(r.config, k) for k in PAPER["vgg16"]} == PAPER["vgg16"]
+    args = build_parser().parse_args(["compare", "--storage", "packed", "--packed-activations", "--seeds", "0"])
+    runs = plan(config_from_args(args), bits=args.bits, seeds=args.seeds, out=str(tmp_path / "packed"))
+    assert all(r.config.storage == "packed" and r.config.packed_activations for r in runs)  # every run takes them
 
 
 # ----------------------------------------------------------------------------- end to end
