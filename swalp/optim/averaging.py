@@ -29,7 +29,7 @@ from torch.optim import swa_utils
 from .._rng import check_generator, check_seed, derive_seed, draw_seed
 from ..formats import Format, Rounding, get_format
 from ..nn.convert import set_quantizers
-from ..ops._dispatch import dispatch
+from ..ops._dispatch import dispatch_many_
 from ..recipes import param_format
 
 
@@ -118,8 +118,8 @@ class WeightAverage(swa_utils.AveragedModel):
         if self.fmt is not None:
             if self.seed is None:
                 self.seed = draw_seed(self._generator) if self.rounding is Rounding.STOCHASTIC else 0
-            for i, a in enumerate(avg_params):
-                a.copy_(dispatch(a, param_format(self.fmt, a), self.rounding, derive_seed(self.seed, n, i)))
+            fmts = [param_format(self.fmt, a) for a in avg_params]  # in place, in one kernel call where it can
+            dispatch_many_(avg_params, fmts, self.rounding, [derive_seed(self.seed, n, i) for i in range(len(avg_params))])
 
     update = update_parameters  # the name swalp 0.1 used
 
