@@ -97,6 +97,8 @@ def test_errors():
         swalp.pack(torch.ones(3, dtype=torch.int64), "bfp8")
     with pytest.raises(ValueError, match="unknown format preset"):
         swalp.pack(torch.ones(3), "int3")
+    with pytest.raises(ValueError, match="dtype must be a floating torch.dtype, got torch.int8"):
+        swalp.pack(torch.ones(3), "bfp8").unpack(torch.int8)
 
 
 def test_moves_between_devices_and_keeps_its_values():

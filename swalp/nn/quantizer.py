@@ -22,9 +22,14 @@ class _QuantizeFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.bwd is not None:
-            grad = dispatch(grad, ctx.bwd, ctx.rounding, _seed(ctx.rounding, ctx.generator), ctx.backend)
-        return grad, None, None, None, None, None
+        return _round_error(ctx, grad), None, None, None, None, None
+
+
+def _round_error(ctx, grad: Tensor) -> Tensor:
+    """The backward of both Functions here: the error rounded to ``ctx.bwd`` (if any)."""
+    if ctx.bwd is None:
+        return grad
+    return dispatch(grad, ctx.bwd, ctx.rounding, _seed(ctx.rounding, ctx.generator), ctx.backend)
 
 
 class _PackedQuantizeFn(torch.autograd.Function):
@@ -34,15 +39,12 @@ class _PackedQuantizeFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fwd, bwd, rounding, backend, generator, holder):
         ctx.bwd, ctx.rounding, ctx.backend, ctx.generator = bwd, rounding, backend, generator
-        seed = draw_seed(generator) if rounding is Rounding.STOCHASTIC else None  # as dispatch would draw it
-        holder.append(pack(x, fwd, rounding, seed, backend=backend))
+        holder.append(pack(x, fwd, rounding, backend=backend, generator=generator))  # seeds drawn as dispatch draws them
         return holder[0].unpack(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.bwd is not None:
-            grad = dispatch(grad, ctx.bwd, ctx.rounding, _seed(ctx.rounding, ctx.generator), ctx.backend)
-        return grad, None, None, None, None, None, None
+        return _round_error(ctx, grad), None, None, None, None, None, None
 
 
 def _seed(rounding: Rounding, generator: torch.Generator | None) -> int | None:
@@ -149,9 +151,10 @@ class Quantizer(nn.Module):
             return x
         if x.dtype not in FLOAT_DTYPES:
             raise ValueError(f"cannot quantize a {x.dtype} tensor; accepted dtypes: float16, bfloat16, float32, float64")
-        if torch.compiler.is_compiling() and self.generator is None:  # before the context below: no trace
+        compiling = torch.compiler.is_compiling()
+        if compiling and self.generator is None:  # before the context below: it is not traced
             return _TracedQuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend)
-        saved = None if torch.compiler.is_compiling() else active()
+        saved = None if compiling else active()
         if saved is not None and packs(x, fwd):
             holder = []
             y = _PackedQuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend, self.generator, holder)

@@ -104,6 +104,8 @@ class PackedTensor:
         ``codes * 2^e`` as the reference's ``pow2_mul`` computes it (two exact power-of-two
         factors), in place on one new tensor, the factors broadcast from one per block.
         """
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"unpack gives floating values; dtype must be a floating torch.dtype, got {dtype!r}")
         work = compute_dtype(dtype)
         values = self.codes.to(work)  # always a new tensor: codes are never float32/64
         fmt = self.fmt

@@ -102,7 +102,7 @@ class Run:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train_set) / self.cfg.batch_size)
+        return self.scheduler.steps_per_epoch
 
     def write(self, name: str, content) -> None:
         """``content`` (text, or ``write(file)``) into ``out/name``, atomically, on the process
