@@ -213,3 +213,12 @@ def test_packed_storage_gives_the_same_run_and_resumes_across_storages(tmp_path)
     assert read_metrics(tmp_path / "stopped") == read_metrics(tmp_path / "sim")
     with pytest.raises(ValueError, match="unknown --storage 'ram'"):
         resolve(tiny(tmp_path, storage="ram"))
+
+
+def test_a_run_that_cannot_start_leaves_the_earlier_run_in_its_folder(tmp_path):
+    run(tiny(tmp_path))
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(FileNotFoundError, match="cifar10"):
+        run(tiny(tmp_path, data="cifar10", model="vgg16", data_dir=str(tmp_path / "no-cifar-here")))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before  # nothing deleted
+    assert not (tmp_path / "no-cifar-here").exists()

@@ -187,9 +187,9 @@ def start(config: TrainConfig = TrainConfig(), *, resume: str | None = None, log
     log = (log or _silent) if distributed.is_main() else _silent
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    run = build(cfg, device)  # before the folder is touched: a run that cannot start loses no earlier run
     if distributed.is_main():
         _prepare_out(Path(cfg.out), fresh=state is None, log=log)
-    run = build(cfg, device)
     if state is not None:
         _restore(run, state, resume)
         log(f"resuming {run.out} after epoch {run.epoch}/{cfg.epochs}")
