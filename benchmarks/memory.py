@@ -6,9 +6,11 @@ freed blocks at once and the resident memory follows the live tensors. The child
 model, takes ``--steps`` SGD steps (momentum 0.9, weight decay 5e-4) on one random batch,
 updating an average after each, and reports:
 
-* ``state_bytes_per_param``: the bytes of every tensor that persists between steps (weights,
-  gradients, optimizer state, the optimizer's accumulators), each storage counted once,
-  divided by the number of parameters; ``average_bytes_per_param`` likewise for the average;
+* ``state_bytes_per_param``: the bytes of every tensor of the training state (weights,
+  gradients, optimizer state, the optimizer's accumulators; packed forms by their codes and
+  exponents), counted after the last backward pass, when the gradients exist in every variant,
+  each storage once, divided by the number of parameters; ``average_bytes_per_param``
+  likewise for the average;
 * ``saved_packed_mb`` / ``saved_float_mb`` (packed activations): the saved Quantizer outputs
   of one step, packed, and as float32 tensors they would have taken;
 * ``peak_mb``: the process's peak resident memory during the steps minus its resident memory
@@ -18,9 +20,9 @@ updating an average after each, and reports:
 Variants: ``fp32`` (torch.optim.SGD and torch's AveragedModel), ``paper`` (the simulated
 8-bit recipe: quantize_model, LowPrecisionOptimizer, WeightAverage; every number a grid
 value held in float32) and ``paper-packed-act`` (the same, with the activations autograd
-saves for backward kept packed: ``swalp.nn.packed_activations``) and ``paper-packed-state``
-(the optimizer's momentum held packed between steps: ``storage="packed"``). Packed weights and
-gradients will join them.
+saves for backward kept packed: ``swalp.nn.packed_activations``), ``paper-packed-state``
+(weights, gradients and momentum held packed: ``storage="packed"``, which also steps parameter
+by parameter) and ``paper-packed`` (both: real 8-bit training, the same numbers as ``paper``).
 
 Usage:
     python benchmarks/memory.py                                   # cnn1d and vgg16, 3 steps
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from _common import machine_info, write_records
 
 BATCH = {"cnn1d": (100, (1, 40), 10), "vgg16": (128, (3, 32, 32), 10)}
-VARIANTS = ("fp32", "paper", "paper-packed-act", "paper-packed-state")
+VARIANTS = ("fp32", "paper", "paper-packed-act", "paper-packed-state", "paper-packed")
 
 
 def rss_kb(field: str = "VmRSS") -> int:
@@ -79,25 +81,29 @@ def child(model_name: str, variant: str, steps: int, threads: int) -> dict:
         opt, average = sgd, torch.optim.swa_utils.AveragedModel(model)
     else:
         swalp.quantize_model(model, "paper")
-        storage = "packed" if variant == "paper-packed-state" else "simulated"
+        storage = "packed" if variant in ("paper-packed-state", "paper-packed") else "simulated"
         opt, average = swalp.LowPrecisionOptimizer(sgd, seed=0, storage=storage), swalp.WeightAverage(model, seed=0)
-    saved = swalp.nn.packed_activations if variant == "paper-packed-act" else contextlib.nullcontext
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=False)  # the gradients persist between steps, as in a real loop's last step
+    packs_act = variant in ("paper-packed-act", "paper-packed")
+    saved = swalp.nn.packed_activations if packs_act else contextlib.nullcontext
+    params = list(model.parameters())
+    for step in range(steps):
+        opt.zero_grad()
         with saved() as kept:
             loss = F.cross_entropy(model(x), y)
             loss.backward()
+        if step == steps - 1:
+            state = [*params, *(p.grad for p in params), *(v for s in sgd.state.values() for v in s.values())]
+            if variant != "fp32":
+                packed = [pk for buffers in opt.packed.values() for pk in buffers.values()]
+                packed += [*opt.grads.values(), *(swalp.nn.packed_weight(p) for p in params if swalp.nn.is_packed(p))]
+                state += [*opt.acc.values(), *(t for pk in packed for t in (pk.codes, pk.exponents))]
+            state_bytes = tensor_bytes(state)
         opt.step()
         average.update_parameters(model)
     peak = rss_kb("VmHWM")
-    params = list(model.parameters())
     n = sum(p.numel() for p in params)
-    state = [*params, *(p.grad for p in params), *(v for s in sgd.state.values() for v in s.values())]
-    if variant != "fp32":
-        state += list(opt.acc.values())
-        state += [t for buffers in opt.packed.values() for pk in buffers.values() for t in (pk.codes, pk.exponents)]
     return dict(model=model_name, variant=variant, params=n, steps=steps, threads=threads,
-                state_bytes_per_param=tensor_bytes(state) / n,
+                state_bytes_per_param=state_bytes / n,
                 average_bytes_per_param=tensor_bytes([*average.module.parameters()]) / n,
                 peak_mb=(peak - before) / 1024, torch=torch.__version__,
                 # packed-act: what the saved Quantizer outputs of one step took packed, and would as they were
@@ -115,8 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write the records as JSON")
     p.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.steps < 1 or args.threads < 1:
-        p.error("--steps and --threads must be >= 1")
+    if args.steps < 2 or args.threads < 1:
+        p.error("--steps must be >= 2 (the momentum exists from the first step on) and --threads >= 1")
     if args.child:
         print(json.dumps(child(*args.child, args.steps, args.threads)))
         return 0

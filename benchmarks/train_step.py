@@ -16,6 +16,8 @@ Models:
     python benchmarks/train_step.py                               # both models
     python benchmarks/train_step.py --models cnn1d --steps 50 --json steps.json
     python benchmarks/train_step.py --recipe paper-big-block --threads 2
+    python benchmarks/train_step.py --packed    # also the real 8-bit storage: packed weights,
+                                                # gradients, momentum and saved activations
 
 SGD settings are the paper's VGG-16 ones (lr 0.05, momentum 0.9, wd 5e-4) for both
 models; the learning rate does not change the cost of a step.
@@ -24,6 +26,7 @@ models; the learning rate does not change the cost of a step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -53,23 +56,26 @@ def batch_for(name: str, generator: torch.Generator):
     raise ValueError(f"unknown model {name!r}; accepted: {', '.join(map(repr, BATCH))}")
 
 
-def make_step(model_name, num_classes, input_shape, recipe, compile=False):
+def make_step(model_name, num_classes, input_shape, recipe, compile=False, packed=False):
     """A closure running one training step; recipe None is plain PyTorch FP32; ``compile``
-    calls the model through ``torch.compile`` (the optimizer step stays eager)."""
+    calls the model through ``torch.compile`` (the optimizer step stays eager); ``packed``
+    holds the state packed (``storage="packed"``) and the saved activations too."""
     torch.manual_seed(0)
     model = build_model(model_name, num_classes, input_shape)
     sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     opt = sgd
     if recipe is not None:
         swalp.quantize_model(model, recipe)
-        opt = swalp.LowPrecisionOptimizer(sgd, recipe, seed=0)
+        opt = swalp.LowPrecisionOptimizer(sgd, recipe, seed=0, storage="packed" if packed else "simulated")
     model.train()
     net = torch.compile(model, fullgraph=True) if compile else model
+    saved = swalp.nn.packed_activations if packed else contextlib.nullcontext
 
     def step(x, y):
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with saved():
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
         return loss
 
@@ -90,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--compile", action="store_true", help="also time both with torch.compile (inductor)")
+    p.add_argument("--packed", action="store_true", help="also time the recipe with packed storage and activations")
     p.add_argument("--json", metavar="FILE", help="also write the records as JSON")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -102,6 +109,7 @@ def main(argv=None) -> int:
     print(f"train step: FP32 vs {recipe.name!r}, {threads} threads, torch {torch.__version__}, {describe(machine)}")
     print(f"median of {args.steps} steps after {args.warmup} warm-up steps, FP32 and low-precision steps alternating\n")
     header = f"{'model':<8}{'batch':>6}{'fp32 ms':>10}{recipe.name + ' ms':>14}{'ratio':>8}"
+    header += f"{'packed ms':>11}{'/ simulated':>12}" if args.packed else ""
     print(header + (f"{'fp32 compiled':>15}{recipe.name + ' compiled':>17}{'ratio':>8}" if args.compile else ""))
     records = []
     gen = torch.Generator().manual_seed(0)
@@ -109,6 +117,8 @@ def main(argv=None) -> int:
         model_name, x, y, classes = batch_for(name, gen)
         shape = tuple(x.shape[1:])
         steps = {"fp32": make_step(model_name, classes, shape, None), recipe.name: make_step(model_name, classes, shape, recipe)}
+        if args.packed:
+            steps["packed"] = make_step(model_name, classes, shape, recipe, packed=True)
         if args.compile:
             steps.update({"fp32 compiled": make_step(model_name, classes, shape, None, compile=True),
                           f"{recipe.name} compiled": make_step(model_name, classes, shape, recipe, compile=True)})
@@ -122,9 +132,12 @@ def main(argv=None) -> int:
         ratio = med[recipe.name] / med["fp32"]
         line = f"{name:<8}{len(y):>6}{med['fp32'] * 1e3:>10.1f}{med[recipe.name] * 1e3:>14.1f}{ratio:>8.2f}"
         compiled = {}
+        if args.packed:
+            compiled = dict(packed_seconds=med["packed"], packed_ratio=med["packed"] / med[recipe.name])
+            line += f"{med['packed'] * 1e3:>11.1f}{med['packed'] / med[recipe.name]:>12.2f}"
         if args.compile:
             fp, lp = med["fp32 compiled"], med[f"{recipe.name} compiled"]
-            compiled = dict(fp32_compiled_seconds=fp, recipe_compiled_seconds=lp, compiled_ratio=lp / fp)
+            compiled.update(fp32_compiled_seconds=fp, recipe_compiled_seconds=lp, compiled_ratio=lp / fp)
             line += f"{fp * 1e3:>15.1f}{lp * 1e3:>17.1f}{lp / fp:>8.2f}"
         print(line)
         sys.stdout.flush()

@@ -44,11 +44,27 @@ def test_only_quantizer_outputs_are_packed_and_layer_placement_saves_none():
     torch.manual_seed(0)
     layer = swalp.quantize_model(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), "paper")
     _, saved = step(layer, torch.randn(5, 8), packed=True)
-    assert (saved.packed_bytes, saved.float_bytes) == (0, 0)  # the ReLU saves its own output (not on a grid)
+    # Nothing on a grid is saved: the ReLU keeps a one-byte mask of its 5 x 16 output, and the next
+    # Linear saves that output itself, as a float tensor.
+    assert (saved.packed_bytes, saved.float_bytes) == (80, 320)
     plain = nn.Linear(8, 2)
     with packed_activations() as s:
         plain(torch.randn(3, 8, requires_grad=True)).sum().backward()
     assert s.packed_bytes == 0
+
+
+def test_a_relu_keeps_a_mask_that_gives_its_exact_gradient_nan_included():
+    x = torch.tensor([-1.0, 0.0, 2.0, float("nan"), -0.0, 3.0], requires_grad=True)
+    grads = []
+    for packed in (False, True):
+        x.grad = None
+        with packed_activations() if packed else torch.enable_grad() as saved:
+            y = torch.relu(x * 1.0)
+            z = (y * y).sum() + (torch.nn.functional.relu(x * 2.0, inplace=True) * 3.0).sum()  # y saved twice
+        z.backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[0].nan_to_num(7.0), grads[1].nan_to_num(7.0))
+    assert (saved.packed_bytes, saved.float_bytes) == (12, 48)  # two masks; y's second save (by the product) is y
 
 
 def test_the_block_restores_the_hooks():

@@ -101,6 +101,9 @@ def test_resume_errors(tmp_path):
     save_checkpoint(bad / "checkpoint.pt", {"config": {"nonsense": 1}})
     with pytest.raises(ValueError, match="incompatible configuration"):
         run(TrainConfig(), resume=str(bad))
+    torch.save({"kind": "swalp-train-checkpoint", "version": 1}, bad / "checkpoint.pt")
+    with pytest.raises(ValueError, match="has version 1; this swalp reads versions 2, 3"):
+        run(TrainConfig(), resume=str(bad))
 
 
 def test_truncated_checkpoint_is_reported(tmp_path):
@@ -207,12 +210,20 @@ def test_packed_storage_gives_the_same_run_and_resumes_across_storages(tmp_path)
     assert drop(packed) == drop(sim)
     assert read_metrics(tmp_path / "sim") == read_metrics(tmp_path / "packed")
     ckpt = load_checkpoint(tmp_path / "packed" / "checkpoint.pt")
-    assert ckpt["optimizer"]["swalp"]["packed"]  # the momentum is in the checkpoint packed
+    assert ckpt["optimizer"]["swalp"]["packed"]  # the momentum is in the checkpoint packed, and the weights:
+    weights = {k: v for k, v in ckpt["model"].items() if isinstance(v, dict)}
+    assert weights and all(v["codes"].dtype == torch.int8 for v in weights.values())
+    floats = load_checkpoint(tmp_path / "sim" / "checkpoint.pt")["model"]
+    assert set(weights) == {k for k in floats if k.endswith(("weight", "bias"))}
+    packed_bytes = sum(v["codes"].nbytes + v["exponents"].nbytes for v in weights.values())
+    assert packed_bytes < 0.3 * sum(floats[k].nbytes for k in weights)
     run(tiny(tmp_path, "stopped", storage="packed"), stop_after=2)
     train(TrainConfig(), resume=str(tmp_path / "stopped"), progress=False, log=None)
     assert read_metrics(tmp_path / "stopped") == read_metrics(tmp_path / "sim")
     with pytest.raises(ValueError, match="unknown --storage 'ram'"):
         resolve(tiny(tmp_path, storage="ram"))
+    with pytest.raises(ValueError, match="use one of --storage packed and --compile"):
+        resolve(tiny(tmp_path, storage="packed", compile=True))
 
 
 def test_a_run_that_cannot_start_leaves_the_earlier_run_in_its_folder(tmp_path):

@@ -55,7 +55,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory layout (GPU)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument("--storage", default=None, choices=STORAGES,
-                   help=f"how the optimizer state is held between steps (default {_D.storage}; packed: 8 bits, same numbers)")
+                   help=f"how weights, gradients and momentum are held (default {_D.storage}; packed: 8 bits, same numbers)")
     g.add_argument("--packed-activations", action="store_true", default=None,
                    help="keep the Quantizer outputs that backward needs packed in 8 bits (same numbers, less memory)")
     # Hidden: subsets for tests and quick looks.

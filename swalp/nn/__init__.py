@@ -20,6 +20,8 @@ from .convert import (
 )
 from .quantizer import Quantizer
 from .saved import packed_activations
+from .weights import is_packed, packed_state_dict, packed_weight, unpack_state_dict, unpacked
 
-__all__ = ["PLACEMENTS", "Quantizer", "configure_quantizers", "full_precision", "model_recipe", "packed_activations",
-           "quantize_model", "quantizers", "set_quantizers"]
+__all__ = ["PLACEMENTS", "Quantizer", "configure_quantizers", "full_precision", "is_packed", "model_recipe",
+           "packed_activations", "packed_state_dict", "packed_weight", "quantize_model", "quantizers", "set_quantizers",
+           "unpack_state_dict", "unpacked"]

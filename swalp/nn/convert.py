@@ -35,6 +35,7 @@ from .._checks import check_bool, check_choice
 from .._rng import check_generator
 from ..recipes import Recipe, get_recipe
 from .quantizer import Quantizer
+from .weights import install_hooks
 
 PLACEMENTS = ("layer", "activation")  # where quantize_model puts Quantizers (module docstring)
 
@@ -105,6 +106,7 @@ def quantize_model(
     if filter_fn is not None and not callable(filter_fn):
         raise ValueError(f"filter_fn must be callable(module, fqn) -> bool or None, got {filter_fn!r}")
     _remember(model, recipe)
+    install_hooks(model)  # inert until LowPrecisionOptimizer(storage="packed") packs the weights (weights.py)
     if quantizers(model):
         if placement is not None:
             raise ValueError(f"this model places its own Quantizers; placement={placement!r} does not apply "

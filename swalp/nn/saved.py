@@ -9,10 +9,14 @@ the packed form in the graph instead of the float32 tensor. Everything else is s
 unchanged. The numbers are the same, bit for bit: the codes are the ones the rounding
 produced, not a second rounding of its output.
 
-What still costs float32: tensors saved that are not a Quantizer's output. With the
-"layer" placement (a Quantizer after each Conv/Linear) the ReLU that follows saves its own
-output and the next layer saves that; the "activation" placement, and the paper's VGG-16
-(a Quantizer after each ReLU), hand the Quantizer's output straight to the next layer.
+A ReLU saves its own output, but its backward reads only which elements are positive
+(``threshold_backward``: the gradient passes where the output is not ``<= 0``), so inside
+the block that saved output is kept as a one-byte mask of exactly that test instead.
+
+What still costs float32: other tensors saved that are not a Quantizer's output. With the
+"layer" placement (a Quantizer after each Conv/Linear) the next layer saves the ReLU's
+output itself; the "activation" placement, and the paper's VGG-16 (a Quantizer after each
+ReLU), hand the Quantizer's output straight to the next layer.
 
 Example:
     >>> import torch, swalp
@@ -21,13 +25,14 @@ Example:
     ...                            placement="activation")
     >>> with packed_activations() as saved:
     ...     net(torch.randn(4, 8)).sum().backward()
-    >>> saved.packed_bytes, saved.float_bytes  # the ReLU's output, packed: 32 codes + 1 exponent
-    (33, 128)
+    >>> saved.packed_bytes, saved.float_bytes  # the Quantizer's output: 32 codes + 1 exponent; the ReLU's mask: 32
+    (65, 256)
 """
 
 from __future__ import annotations
 
 import contextvars
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -55,11 +60,12 @@ class packed_activations:
 
     def __init__(self):
         self._packed = WeakTensorKeyDictionary()
+        self._relu_saved = WeakTensorKeyDictionary()  # ReLU outputs whose own save (the first) is done
         self.packed_bytes = self.float_bytes = 0
 
     def __enter__(self) -> "packed_activations":
         self._token = _ACTIVE.set(self)
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack_hook, _unpack_hook)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack_hook, unpack_hook)
         self._hooks.__enter__()
         return self
 
@@ -72,15 +78,73 @@ class packed_activations:
 
     def _pack_hook(self, t: Tensor):
         packed = self._packed.get(t)
-        if packed is None:
-            return t
-        self.packed_bytes += packed.nbytes
-        self.float_bytes += t.numel() * t.element_size()
-        return packed, t.dtype
+        if packed is not None:
+            self.packed_bytes += packed.nbytes
+            self.float_bytes += t.numel() * t.element_size()
+            return _Saved(packed, t.dtype)
+        # A ReLU's output is first saved by the ReLU itself, as it is made; a later save (by the
+        # next layer) needs the values and gets the tensor.
+        if type(t.grad_fn).__name__ == "ReluBackward0" and t not in self._relu_saved:
+            self._relu_saved[t] = True
+            mask = ~(t <= 0)  # threshold_backward's own test (a NaN output passes the gradient)
+            self.packed_bytes += mask.numel()
+            self.float_bytes += t.numel() * t.element_size()
+            return _Mask(mask, t.dtype)
+        return t
 
 
-def _unpack_hook(saved):
-    return saved[0].unpack(saved[1]) if isinstance(saved, tuple) else saved
+class _Mask(NamedTuple):
+    """A ReLU's saved output as the one thing its backward reads: where it is not ``<= 0``."""
+
+    mask: Tensor
+    dtype: torch.dtype
+
+
+class _Saved(NamedTuple):
+    """What autograd keeps of a saved tensor that lies on a packed grid: the packed form,
+    the dtype, and for a weight's view (``weight.t()``) its geometry over the weight."""
+
+    packed: PackedTensor
+    dtype: torch.dtype
+    view: tuple | None = None  # (size, stride, storage offset)
+
+
+def unpack_hook(saved):
+    if isinstance(saved, _Mask):
+        return saved.mask.to(saved.dtype)
+    if not isinstance(saved, _Saved):
+        return saved
+    values = saved.packed.unpack(saved.dtype)
+    return values if saved.view is None else values.as_strided(*saved.view)
+
+
+class _WeightViews:
+    """The float tensors unpacked from packed weights for the layers now running forward
+    (swalp/nn/weights.py), by storage: a tensor autograd saves that lies in one of them is
+    kept as a reference to the packed form. Not public."""
+
+    def __init__(self):
+        self._live: dict[int, PackedTensor] = {}
+
+    def add(self, values: Tensor, packed: PackedTensor) -> int:
+        key = values.untyped_storage().data_ptr()
+        self._live[key] = packed
+        return key
+
+    def discard(self, key: int) -> None:
+        self._live.pop(key, None)
+
+    def pack_hook(self, t: Tensor):
+        if self._live and t.layout is torch.strided and not t.is_nested:
+            packed = self._live.get(t.untyped_storage().data_ptr())
+            if packed is not None and t.is_floating_point():
+                if t.untyped_storage().nbytes() == packed.codes.numel() * t.element_size():
+                    return _Saved(packed, t.dtype, (t.size(), t.stride(), t.storage_offset()))
+        outer = active()  # a Quantizer output saved inside a layer: packed_activations' own rule
+        return t if outer is None else outer._pack_hook(t)
+
+
+weight_views = _WeightViews()
 
 
 def active() -> packed_activations | None:

@@ -29,6 +29,7 @@ from torch.optim import swa_utils
 from .._rng import check_generator, check_seed, derive_seed, draw_seed
 from ..formats import Format, Rounding, get_format
 from ..nn.convert import set_quantizers
+from ..nn.weights import unpacked
 from ..ops._dispatch import dispatch_many_
 from ..recipes import param_format
 
@@ -90,7 +91,8 @@ class WeightAverage(swa_utils.AveragedModel):
         fmt = None if fmt is None else get_format(fmt)
         rounding, seed = Rounding.parse(rounding), None if seed is None else check_seed(seed)
         generator = check_generator(generator)
-        super().__init__(model, device=device, avg_fn=avg_fn, multi_avg_fn=multi_avg_fn, use_buffers=use_buffers)
+        with unpacked(model):  # the copy holds float tensors, whatever storage the model's weights are in
+            super().__init__(model, device=device, avg_fn=avg_fn, multi_avg_fn=multi_avg_fn, use_buffers=use_buffers)
         self.fmt, self.rounding, self.seed, self.dtype, self._generator = fmt, rounding, seed, dtype, generator
         set_quantizers(self.module, False)
         for p in self.module.parameters():
@@ -114,7 +116,8 @@ class WeightAverage(swa_utils.AveragedModel):
         if len(list(self.module.buffers())) != len(list(model.buffers())):
             raise ValueError("model's buffers do not match the averaged model's")
         n = int(self.n_averaged)
-        super().update_parameters(_Cast(model, self.dtype))
+        with unpacked(model):
+            super().update_parameters(_Cast(model, self.dtype))
         if self.fmt is not None:
             if self.seed is None:
                 self.seed = draw_seed(self._generator) if self.rounding is Rounding.STOCHASTIC else 0

@@ -54,8 +54,9 @@ from .._rng import chain_seed, check_generator, check_seed, derive_seed, draw_se
 from ..formats import Format, Rounding
 from ..nn.convert import model_recipe
 from ..ops._dispatch import dispatch, dispatch_many_
-from ..ops.packed import PackedTensor, pack
-from ..recipes import Recipe, get_recipe, param_format
+from ..ops.packed import PackedTensor
+from ..recipes import Recipe, get_recipe
+from ._storage import PackedStorage, _param_format
 
 STORAGES = ("simulated", "packed")  # how the rounded state is held between steps
 
@@ -66,21 +67,6 @@ SCALARS = ("step", "mu_product", "eta", "mu")
 # Roles in the per-tensor seed; the numbers are part of the run's definition (_WEIGHT is
 # no longer drawn: a parameter without a gradient keeps its weight).
 _INIT, _GRAD, _ACC, _WEIGHT, _STATE = 1, 2, 3, 4, 5
-
-_PARAM_FORMATS: dict = {}  # (id(fmt), ndim) -> (fmt, its format for such tensors)
-
-
-def _param_format(fmt: Format, x: Tensor) -> Format:
-    """:func:`param_format`, remembered per (format, number of dimensions): it is called for
-    every parameter at every step, and builds a new format object where it changes one."""
-    key = (id(fmt), x.dim())  # by identity, as swalp/ops/_schema.py pack: the recipe's formats live on
-    hit = _PARAM_FORMATS.get(key)
-    if hit is None or hit[0] is not fmt:
-        if len(_PARAM_FORMATS) > 1024:
-            _PARAM_FORMATS.clear()
-        hit = _PARAM_FORMATS[key] = (fmt, param_format(fmt, x))
-    return hit[1]
-
 
 def _recipe_for(optimizer: Optimizer, recipe) -> Recipe:
     """The recipe given, checked against the one the model was converted with (if any)."""
@@ -97,7 +83,7 @@ def _recipe_for(optimizer: Optimizer, recipe) -> Recipe:
     return recipe
 
 
-class LowPrecisionOptimizer(Optimizer):
+class LowPrecisionOptimizer(PackedStorage, Optimizer):
     """Wrap ``optimizer`` so that gradients, weights, accumulator and state are rounded.
 
     Args:
@@ -110,10 +96,11 @@ class LowPrecisionOptimizer(Optimizer):
         state_formats: ``{state key: format or None}``, overriding the defaults above.
         generator: where a missing seed is drawn from (default: torch's global generator).
         storage: ``"simulated"`` (every buffer a float tensor of grid values) or ``"packed"``:
-            between steps the rounded optimizer state buffers (momentum) are held packed
-            (:func:`swalp.pack`, 8 bits and an exponent per block) and unpacked for the
-            wrapped step, with the same numbers bit for bit. Weights and gradients are
-            float32 in both (packed weights and gradients are to come).
+            weights (of a model converted by :func:`swalp.quantize_model`), gradients and
+            first moments are held packed (:func:`swalp.pack`: 8 bits and an exponent per
+            block) and the step goes parameter by parameter, with the same numbers bit for
+            bit (swalp/optim/_storage.py, its caveats: no gradient accumulation over several
+            backward passes, no ``.grad`` between backward and step).
 
     The initial weights are quantized at construction (``w = Q_W(a)``, ``a = Q_ACC(p)``),
     so the first forward already uses low-precision weights. Parameters without a
@@ -167,9 +154,14 @@ class LowPrecisionOptimizer(Optimizer):
         self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
         self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
         self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self.grads: dict[Tensor, PackedTensor] = {}  # storage="packed": gradients between backward and step
+        self._hold_grads = False  # True while a step re-evaluates a closure: gradients stay float
+        self._grad_hooks = []
         with torch.no_grad():
             for i, p in enumerate(self._params()):
                 self._store(i, p, p.detach().clone(), _INIT)
+        if self.storage == "packed":
+            self._hook_grads(self._params())
 
     # --- delegation --------------------------------------------------------------------
 
@@ -186,6 +178,7 @@ class LowPrecisionOptimizer(Optimizer):
         return self.optimizer.defaults
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        self.grads = {}
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -195,17 +188,22 @@ class LowPrecisionOptimizer(Optimizer):
         with torch.no_grad():
             for i, p in enumerate(self._params()[first:], start=first):
                 self._store(i, p, p.detach().clone(), _INIT)
+        if self.storage == "packed":
+            self._hook_grads(self._params()[first:])
 
     # Optimizer pickles only (defaults, state, param_groups); this object is its __dict__,
     # less the `step` an LR scheduler patches onto the instance (it points at this one).
     # A generator does not pickle; the seed it gave (drawn at construction when needed) does.
     def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("step", "_opt_called")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("step", "_opt_called", "_grad_hooks")}
         return {**state, "_generator": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_prefix", (None, 0))  # pickled before _prefix existed
+        self.__dict__.setdefault("grads", {})
+        self.__dict__.setdefault("_hold_grads", False)
+        self._grad_hooks = []  # a copy's parameters are not this one's: no hooks until add_param_group
 
     def __repr__(self) -> str:
         return f"LowPrecisionOptimizer({self.optimizer!r},\n  recipe={self.recipe!r}, seed={self.seed})"
@@ -222,18 +220,22 @@ class LowPrecisionOptimizer(Optimizer):
         seed = chain_seed(self._seed(), (i, role, sub))
         return dispatch(x, _param_format(fmt, x), self.recipe.rounding, seed)
 
-    def _seed(self) -> int:
-        """``derive_seed(self.seed, self.steps)``, computed once a step: the seed of tensor
-        ``(i, role, sub)`` is ``chain_seed(self._seed(), (i, role, sub))``."""
+    def _seed(self, steps: int | None = None) -> int:
+        """``derive_seed(self.seed, steps)`` (default: ``self.steps``), computed once a step:
+        the seed of tensor ``(i, role, sub)`` is ``chain_seed(self._seed(), (i, role, sub))``."""
         if self.seed is None:  # the first rounding: draw only if it is stochastic
             self.seed = draw_seed(self._generator) if self.recipe.rounding is Rounding.STOCHASTIC else 0
-        if self._prefix[0] != (self.seed, self.steps):
-            self._prefix = ((self.seed, self.steps), derive_seed(self.seed, self.steps))
+        steps = self.steps if steps is None else steps
+        if self._prefix[0] != (self.seed, steps):
+            self._prefix = ((self.seed, steps), derive_seed(self.seed, steps))
         return self._prefix[1]
 
     def _store(self, i: int, p: Tensor, a: Tensor, role: int) -> None:
         """Round the new accumulator value ``a`` and write ``p = Q_W(Q_ACC(a))``."""
         r = self.recipe
+        if (r.weight is None or r.acc == r.weight) and self._pack_weight(p, a, r.acc, (i, role, 0)):
+            self.acc.pop(p, None)
+            return
         a = self._q(a, r.acc, i, role, 0)
         if r.weight is None or r.acc == r.weight:
             # The accumulator is the parameter: rounding again to the same grid is a no-op.
@@ -241,7 +243,8 @@ class LowPrecisionOptimizer(Optimizer):
             self.acc.pop(p, None)
         else:
             self.acc[p] = a.clone() if r.acc is None else a  # unrounded `a` may alias p
-            p.copy_(self._q(a, r.weight, i, role, 1))
+            if not self._pack_weight(p, a, r.weight, (i, role, 1)):
+                p.copy_(self._q(a, r.weight, i, role, 1))
 
     def _quantize_grads(self, call: int) -> None:
         if self.recipe.grad is None:
@@ -275,6 +278,11 @@ class LowPrecisionOptimizer(Optimizer):
     def step(self, closure: Callable[[], Tensor] | None = None):
         """Quantize gradients, take the wrapped step, round weights and state; returns the loss."""
         self.steps += 1
+        if self.storage == "packed":
+            return self._step_each() if closure is None else self._step_unpacked(closure)
+        return self._step_all(closure)
+
+    def _step_all(self, closure):
         calls = [0]
 
         def quantized_closure():
@@ -285,7 +293,7 @@ class LowPrecisionOptimizer(Optimizer):
             return loss
 
         params = self._params()
-        self._unpack_state()
+        self._unpack_state(params)
         weights = {}  # the wrapped step updates the accumulator, not Q_W(a); a frozen p gets Q_W(a) back
         for p in params if self.acc else ():
             if p in self.acc:
@@ -296,47 +304,31 @@ class LowPrecisionOptimizer(Optimizer):
             loss = self.optimizer.step()
         else:
             loss = self.optimizer.step(quantized_closure)
-        r = self.recipe
-        acc_is_p = r.weight is None or r.acc == r.weight  # as in _store
         jobs = []  # rounded in place, together: each one depends only on its own tensor and seed
         for i, p in enumerate(params):
             if p.grad is None:
                 if p in weights:
                     p.copy_(weights[p])
                 continue
-            if acc_is_p:  # _store, with the accumulator in p
-                jobs.append((p, r.acc, (i, _ACC, 0)))
-                if self.acc:
-                    self.acc.pop(p, None)
-            else:
-                self._store(i, p, p.detach(), _ACC)
-            for j, (key, s) in enumerate(sorted(self.optimizer.state[p].items())):
-                if isinstance(s, Tensor) and s.is_floating_point() and s.shape == p.shape and key not in SCALARS:
-                    if not self._pack_state(p, key, s, self.state_format(key), (i, _STATE, j)):
-                        jobs.append((s, self.state_format(key), (i, _STATE, j)))
+            self._round_after_step(i, p, jobs)
         self._q_many_(jobs)
         return loss
 
-    def _pack_state(self, p: Tensor, key: str, s: Tensor, fmt: Format | None, seed_key: tuple) -> bool:
-        """storage="packed": round ``s`` straight into packed form (the seed ``_q`` would use) and
-        drop the float buffer; False where it stays a float tensor (no format, no packed form,
-        or a NaN, which the training loop's own check then reports)."""
-        if self.storage != "packed" or fmt is None:
-            return False
-        try:
-            packed = pack(s, _param_format(fmt, s), self.recipe.rounding, chain_seed(self._seed(), seed_key))
-        except ValueError:
-            return False
-        self.packed.setdefault(p, {})[key] = packed
-        del self.optimizer.state[p][key]
-        return True
-
-    def _unpack_state(self) -> None:
-        """Put the packed state buffers back as float tensors for the wrapped step."""
-        for p, buffers in self.packed.items():
-            for key, packed in buffers.items():
-                self.optimizer.state[p][key] = packed.unpack(p.dtype)
-        self.packed = {}
+    def _round_after_step(self, i: int, p: Tensor, jobs: list) -> None:
+        """Step 3 of the module docstring for parameter ``i``: packed where the storage is, else
+        appended to ``jobs`` (for ``_q_many_``)."""
+        r = self.recipe
+        if r.weight is None or r.acc == r.weight:  # _store, with the accumulator in p
+            if not self._pack_weight(p, p.detach(), r.acc, (i, _ACC, 0)):
+                jobs.append((p, r.acc, (i, _ACC, 0)))
+            if self.acc:
+                self.acc.pop(p, None)
+        else:
+            self._store(i, p, p.detach(), _ACC)
+        for j, (key, s) in enumerate(sorted(self.optimizer.state[p].items())):
+            if isinstance(s, Tensor) and s.is_floating_point() and s.shape == p.shape and key not in SCALARS:
+                if not self._pack_state(p, key, s, self.state_format(key), (i, _STATE, j)):
+                    jobs.append((s, self.state_format(key), (i, _STATE, j)))
 
     # --- checkpoints -------------------------------------------------------------------
 

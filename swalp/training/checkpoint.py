@@ -17,7 +17,8 @@ import torch
 from .._files import atomic_write
 
 CHECKPOINT_KIND = "swalp-train-checkpoint"
-CHECKPOINT_VERSION = 2  # 2: quantized layers keep their names (swalp 0.1 wrapped them in Sequential)
+CHECKPOINT_VERSION = 3  # 3: packed weights as PackedTensor state dicts; 2: quantized layers keep their names
+READABLE_VERSIONS = (2, 3)  # a version-2 checkpoint is a version 3 one without packed weights
 
 
 def rng_state() -> dict:
@@ -69,7 +70,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"{path} is not a swalp training checkpoint (expected kind {CHECKPOINT_KIND!r})")
-    if state.get("version") != CHECKPOINT_VERSION:
+    if state.get("version") not in READABLE_VERSIONS:
         raise ValueError(f"checkpoint {path} has version {state.get('version')!r}; "
-                         f"this swalp reads version {CHECKPOINT_VERSION}")
+                         f"this swalp reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     return state

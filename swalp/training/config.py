@@ -46,7 +46,7 @@ class TrainConfig:
     bits: int | None = None         # word length override for the recipe's formats (>= 2)
     placement: str | None = None    # where quantize_model puts quantizers (swalp.nn.PLACEMENTS); None: "layer"
     packed_activations: bool = False  # keep Quantizer outputs saved for backward in 8 bits (swalp.nn.packed_activations)
-    storage: str = "simulated"      # swalp.optim.STORAGES: "packed" holds the optimizer state in 8 bits between steps
+    storage: str = "simulated"      # swalp.optim.STORAGES: "packed" holds weights, gradients, momentum in 8 bits
     # optimisation (SGD with momentum and weight decay, as the paper); cnn1d on mnist1d in brackets
     epochs: int | None = None       # total epochs E (45; the paper: 1.5 x budget)
     budget: int | None = None       # B: epochs of ordinary training; averaging starts at its end (30)
@@ -105,6 +105,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
     check_choice("--schedule", c.schedule, KINDS)
     check_choice("--avg-unit", c.avg_unit, AVG_UNITS)
     check_choice("--storage", c.storage, STORAGES)
+    if c.storage == "packed" and c.compile:
+        raise ValueError("--storage packed unpacks each layer's weights in module hooks, which torch.compile does not "
+                         "trace; use one of --storage packed and --compile")
     check_int("--avg-every", c.avg_every, 1)
     if c.placement is not None:
         check_choice("--placement", c.placement, PLACEMENTS)

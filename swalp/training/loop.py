@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from .._files import atomic_write, atomic_write_text, to_json
 from ..data import DataBundle, epoch_order, limit, load_data
 from ..models import build_model
-from ..nn import packed_activations, quantize_model
+from ..nn import packed_activations, packed_state_dict, quantize_model, unpack_state_dict
 from ..optim import SWALPLR, LowPrecisionOptimizer, WeightAverage
 from ..recipes import Recipe, get_recipe
 from . import distributed
@@ -234,7 +234,7 @@ def _prepare_out(out: Path, fresh: bool, log) -> None:
 
 def _restore(run: Run, state: dict, resume: str) -> None:
     try:
-        run.model.load_state_dict(state["model"])
+        run.model.load_state_dict(unpack_state_dict(state["model"]))  # either storage loads into either
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.average.load_state_dict(state["average"])
@@ -334,7 +334,7 @@ def save(run: Run) -> None:
     # which rewrites metrics.jsonl from the checkpoint.
     if distributed.is_main():
         state = dict(config=dataclasses.asdict(run.cfg), epoch=run.epoch, step=run.step, metrics=run.metrics,
-                     rng=rng_state(), **rng_ranks, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+                     rng=rng_state(), **rng_ranks, model=packed_state_dict(run.model), optimizer=run.optimizer.state_dict(),
                      scheduler=run.scheduler.state_dict(), average=run.average.state_dict())
         save_checkpoint(run.out / "checkpoint.pt", state)
         run.written.append(run.out / "checkpoint.pt")

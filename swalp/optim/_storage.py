@@ -1,0 +1,172 @@
+"""``storage="packed"``: the optimizer's half of real 8-bit training. Not public.
+
+:class:`swalp.LowPrecisionOptimizer` with ``storage="packed"`` holds, between steps:
+
+* the weights (which are the accumulator, for recipes with ``acc == weight``) packed on the
+  parameters themselves (swalp/nn/weights.py), where the model was converted by
+  :func:`swalp.quantize_model` (whose hooks unpack a layer's weights for its forward);
+* each gradient packed as soon as backward has accumulated it (a
+  ``register_post_accumulate_grad_hook``), rounded with the seed the simulated path gives it,
+  so the float gradients of all layers never exist at once; ``p.grad`` is then None;
+* the optimizer's first moments (momentum) packed; second moments stay full precision.
+
+A step goes parameter by parameter: unpack one parameter's weight, gradient and state,
+run the wrapped torch optimizer on it alone (every other parameter has no ``.grad`` at
+that moment, and torch optimizers skip those), round and pack the results. The wrapped
+optimizer's own arithmetic on one tensor is the arithmetic it does on many, so the numbers
+equal the simulated path's bit for bit (tests/test_packed_training.py); the temporaries
+are one parameter's. A step with a closure unpacks everything for that step instead.
+
+Where something cannot be packed (a format without a packed form, a NaN, a parameter whose
+module has no hooks, gradients under torch.distributed, where DDP's buckets own them) it
+stays a float tensor with the same numbers. Caveats: packed gradients are rounded per
+backward pass, so they cannot be accumulated over several (an error says so), and
+``clip_grad_norm_`` or a ``GradScaler`` see no ``.grad`` between backward and step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .._rng import chain_seed
+from ..formats import Format
+from ..nn.weights import can_pack, is_packed, packed_weight, store, unstore
+from ..ops.packed import PackedTensor, pack
+from ..recipes import param_format
+
+_GRAD = 2  # the gradient's role in the per-tensor seed, as in optimizer.py
+
+_PARAM_FORMATS: dict = {}  # (id(fmt), ndim) -> (fmt, its format for such tensors)
+
+
+def _param_format(fmt: Format, x: Tensor) -> Format:
+    """:func:`param_format`, remembered per (format, number of dimensions): it is called for
+    every parameter at every step, and builds a new format object where it changes one."""
+    key = (id(fmt), x.dim())  # by identity, as swalp/ops/_schema.py pack: the recipe's formats live on
+    hit = _PARAM_FORMATS.get(key)
+    if hit is None or hit[0] is not fmt:
+        if len(_PARAM_FORMATS) > 1024:
+            _PARAM_FORMATS.clear()
+        hit = _PARAM_FORMATS[key] = (fmt, param_format(fmt, x))
+    return hit[1]
+
+
+class PackedStorage:
+    """The packed-storage methods of LowPrecisionOptimizer (which provides ``recipe``,
+    ``storage``, ``optimizer``, ``steps``, ``_params``, ``_seed``, ``_q_many_`` and
+    ``_round_after_step``; this class holds ``packed``, ``grads`` and the hooks)."""
+
+    def _packs(self, fmt: Format | None) -> bool:
+        return self.storage == "packed" and fmt is not None
+
+    def _pack_into(self, x: Tensor, fmt: Format, seed_key: tuple, steps: int | None = None) -> PackedTensor | None:
+        """``x`` rounded straight into packed form with the seed ``_q`` would use; None where it
+        has no packed form or holds a NaN (it then stays float: the training loop reports NaN)."""
+        try:
+            return pack(x, _param_format(fmt, x), self.recipe.rounding, chain_seed(self._seed(steps), seed_key))
+        except ValueError:
+            return None
+
+    def _pack_weight(self, p: Tensor, a: Tensor, fmt: Format | None, seed_key: tuple) -> bool:
+        """Hold parameter ``p`` as ``a`` rounded to ``fmt``, packed; False where it cannot be."""
+        if not (self._packs(fmt) and can_pack(p)):
+            return False
+        packed = self._pack_into(a, fmt, seed_key)
+        if packed is None:
+            return False
+        store(p, packed)
+        return True
+
+    def _pack_state(self, p: Tensor, key: str, s: Tensor, fmt: Format | None, seed_key: tuple) -> bool:
+        """Hold state buffer ``key`` of ``p`` packed and drop the float one; False where it stays."""
+        packed = self._pack_into(s, fmt, seed_key) if self._packs(fmt) else None
+        if packed is None:
+            return False
+        self.packed.setdefault(p, {})[key] = packed
+        del self.optimizer.state[p][key]
+        return True
+
+    def _unpack_state(self, params) -> None:
+        """Put the packed state buffers of ``params`` back as float tensors for the wrapped step."""
+        for p in params:
+            for key, packed in self.packed.pop(p, {}).items():
+                self.optimizer.state[p][key] = packed.unpack(p.dtype)
+
+    # --- gradients ----------------------------------------------------------------------
+
+    def _hook_grads(self, params: list[Tensor]) -> None:
+        if self.recipe.grad is None or dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return  # under DDP the reducer writes the averaged gradients after these hooks would run
+        self._index = {p: i for i, p in enumerate(self._params())}
+        for p in params:
+            if p.requires_grad:
+                self._grad_hooks.append(p.register_post_accumulate_grad_hook(self._pack_grad))
+
+    def _pack_grad(self, p: Tensor) -> None:
+        """After backward accumulated ``p.grad``: round it (the seed the next step's ``_quantize_grads``
+        would use) into packed form and free the float gradient."""
+        if self._hold_grads or p.grad is None or p.grad.layout is not torch.strided:
+            return
+        if p in self.grads:
+            raise RuntimeError("storage='packed' packs each gradient when backward produces it, so gradients "
+                               "cannot be accumulated over several backward passes: call zero_grad() on the "
+                               "LowPrecisionOptimizer between them, or use storage='simulated'")
+        i = self._index[p]
+        packed = self._pack_into(p.grad, self.recipe.grad, (i, _GRAD, 0), steps=self.steps + 1)
+        if packed is not None:
+            self.grads[p] = packed
+            p.grad = None
+
+    # --- steps --------------------------------------------------------------------------
+
+    def _step_each(self):
+        """One step, parameter by parameter (module docstring); returns None (no closure)."""
+        params = self._params()
+        floats = {}  # gradients that stayed float: hidden while the other parameters step
+        for p in params:
+            if p.grad is not None:
+                floats[p], p.grad = p.grad, None
+        for i, p in enumerate(params):
+            packed_grad = self.grads.pop(p, None)
+            grad = floats.get(p)
+            if packed_grad is None and grad is None:
+                continue
+            if grad is None:
+                grad = packed_grad.unpack(p.dtype)
+            else:
+                if grad.is_sparse:
+                    raise ValueError("sparse gradients are not supported by LowPrecisionOptimizer")
+                self._q_many_([(grad, self.recipe.grad, (i, _GRAD, 0))])
+            unstore(p)
+            if p in self.acc:
+                p.copy_(self.acc[p])
+            self._unpack_state([p])
+            p.grad = grad
+            self.optimizer.step()
+            jobs = []
+            self._round_after_step(i, p, jobs)
+            self._q_many_(jobs)
+            p.grad = None
+        for p, grad in floats.items():  # rounded, as the simulated step leaves them
+            p.grad = grad
+
+    def _step_unpacked(self, closure):
+        """A step with a closure: the model is evaluated again, so everything is float for it."""
+        params = self._params()
+        held = {p: packed_weight(p) for p in params if is_packed(p)}
+        for p in held:
+            unstore(p)
+        for p, packed in self.grads.items():
+            p.grad = packed.unpack(p.dtype)
+        self.grads = {}
+        self._hold_grads = True
+        try:
+            loss = self._step_all(closure)
+        finally:
+            self._hold_grads = False
+        for p, packed in held.items():
+            if not is_packed(p) and p.grad is None:  # a parameter the step left alone keeps its packed form
+                store(p, packed)
+        return loss
