@@ -22,7 +22,8 @@ Variants: ``fp32`` (torch.optim.SGD and torch's AveragedModel), ``paper`` (the s
 value held in float32) and ``paper-packed-act`` (the same, with the activations autograd
 saves for backward kept packed: ``swalp.nn.packed_activations``), ``paper-packed-state``
 (weights, gradients and momentum held packed: ``storage="packed"``, which also steps parameter
-by parameter) and ``paper-packed`` (both: real 8-bit training, the same numbers as ``paper``).
+by parameter; with the CPU kernels' pool of freed outputs off, as ``swalp train --storage
+packed`` runs: swalp.ops.cpu.set_output_pool) and ``paper-packed`` (both: real 8-bit training, the same numbers as ``paper``).
 
 Usage:
     python benchmarks/memory.py                                   # cnn1d and vgg16, 3 steps
@@ -82,6 +83,8 @@ def child(model_name: str, variant: str, steps: int, threads: int) -> dict:
     else:
         swalp.quantize_model(model, "paper")
         storage = "packed" if variant in ("paper-packed-state", "paper-packed") else "simulated"
+        if storage == "packed":  # as swalp train --storage packed: no pool of freed kernel outputs
+            swalp.ops.cpu.set_output_pool(0)
         opt, average = swalp.LowPrecisionOptimizer(sgd, seed=0, storage=storage), swalp.WeightAverage(model, seed=0)
     packs_act = variant in ("paper-packed-act", "paper-packed")
     saved = swalp.nn.packed_activations if packs_act else contextlib.nullcontext

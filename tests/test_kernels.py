@@ -377,3 +377,22 @@ def test_triton_kernels_compile_for_a_gpu_without_ftz_or_fma():
 def test_triton_is_the_default_on_cuda():  # pragma: no cover - needs a GPU
     x = torch.randn(10, device="cuda")
     assert _pick_backend(None, x, BlockFloat(8)).name == "triton"
+
+
+@pytest.mark.skipif(not cpu.load() or not sys.platform.startswith("linux"), reason="the pool exists on Linux with the kernels")
+def test_the_output_pool_keeps_freed_outputs_up_to_its_cap():
+    pooled = lambda: torch.ops.swalp_cpu.output_pool(-1)[1]  # noqa: E731  (-1: read, change nothing)
+    old = cpu.set_output_pool(64 << 20)
+    try:
+        y = swalp.quantize(torch.ones(2 << 20), "bfp8", backend="cpp")  # 8 MiB: from the pool's allocator
+        before = pooled()
+        del y
+        assert pooled() == before + (8 << 20)  # kept for the next output of its size
+        assert cpu.set_output_pool(0) == 64 << 20 and pooled() == 0  # released at once
+        y = swalp.quantize(torch.ones(2 << 20), "bfp8", backend="cpp")
+        del y
+        assert pooled() == 0
+    finally:
+        cpu.set_output_pool(old)
+    with pytest.raises(ValueError, match="cap_bytes must be an integer >= 0, got -1"):
+        cpu.set_output_pool(-1)

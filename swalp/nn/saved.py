@@ -137,9 +137,9 @@ class _WeightViews:
     def pack_hook(self, t: Tensor):
         if self._live and t.layout is torch.strided and not t.is_nested:
             packed = self._live.get(t.untyped_storage().data_ptr())
-            if packed is not None and t.is_floating_point():
-                if t.untyped_storage().nbytes() == packed.codes.numel() * t.element_size():
-                    return _Saved(packed, t.dtype, (t.size(), t.stride(), t.storage_offset()))
+            whole = packed is not None and t.untyped_storage().nbytes() == packed.codes.numel() * t.element_size()
+            if whole and t.is_floating_point():  # the weight's own float storage (a view of it, maybe)
+                return _Saved(packed, t.dtype, (t.size(), t.stride(), t.storage_offset()))
         outer = active()  # a Quantizer output saved inside a layer: packed_activations' own rule
         return t if outer is None else outer._pack_hook(t)
 

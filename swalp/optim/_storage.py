@@ -10,12 +10,13 @@
   so the float gradients of all layers never exist at once; ``p.grad`` is then None;
 * the optimizer's first moments (momentum) packed; second moments stay full precision.
 
-A step goes parameter by parameter: unpack one parameter's weight, gradient and state,
-run the wrapped torch optimizer on it alone (every other parameter has no ``.grad`` at
-that moment, and torch optimizers skip those), round and pack the results. The wrapped
-optimizer's own arithmetic on one tensor is the arithmetic it does on many, so the numbers
-equal the simulated path's bit for bit (tests/test_packed_training.py); the temporaries
-are one parameter's. A step with a closure unpacks everything for that step instead.
+A step goes a few parameters at a time (up to ``STEP_CHUNK`` elements, or one larger
+parameter): unpack their weights, gradients and state, run the wrapped torch optimizer on
+them alone (every other parameter has no ``.grad`` at that moment, and torch optimizers
+skip those), round and pack the results. The wrapped optimizer's own arithmetic on a tensor
+does not depend on which others step with it, so the numbers equal the simulated path's
+bit for bit (tests/test_packed_training.py); the float temporaries are a chunk's. A step
+with a closure unpacks everything for that step instead.
 
 Where something cannot be packed (a format without a packed form, a NaN, a parameter whose
 module has no hooks, gradients under torch.distributed, where DDP's buckets own them) it
@@ -37,6 +38,10 @@ from ..ops.packed import PackedTensor, pack
 from ..recipes import param_format
 
 _GRAD = 2  # the gradient's role in the per-tensor seed, as in optimizer.py
+
+# Elements stepped at once: the float temporaries of a step are those of this many elements
+# (or of the largest parameter), and small models take one wrapped step, not one per tensor.
+STEP_CHUNK = 1 << 20
 
 _PARAM_FORMATS: dict = {}  # (id(fmt), ndim) -> (fmt, its format for such tensors)
 
@@ -122,35 +127,45 @@ class PackedStorage:
     # --- steps --------------------------------------------------------------------------
 
     def _step_each(self):
-        """One step, parameter by parameter (module docstring); returns None (no closure)."""
+        """One step, a few parameters at a time (module docstring); returns None (no closure)."""
         params = self._params()
         floats = {}  # gradients that stayed float: hidden while the other parameters step
         for p in params:
             if p.grad is not None:
                 floats[p], p.grad = p.grad, None
+        chunk, size = [], 0
         for i, p in enumerate(params):
+            if p in self.grads or p in floats:
+                chunk.append((i, p))
+                size += p.numel()
+            if chunk and (size >= STEP_CHUNK or i == len(params) - 1):
+                self._step_chunk(chunk, floats)
+                chunk, size = [], 0
+        for p, grad in floats.items():  # rounded, as the simulated step leaves them
+            p.grad = grad
+
+    def _step_chunk(self, chunk: list[tuple[int, Tensor]], floats: dict) -> None:
+        """The wrapped step on the parameters of ``chunk`` alone, unpacked for it and packed after."""
+        for i, p in chunk:
             packed_grad = self.grads.pop(p, None)
-            grad = floats.get(p)
-            if packed_grad is None and grad is None:
-                continue
-            if grad is None:
-                grad = packed_grad.unpack(p.dtype)
+            if packed_grad is not None:
+                p.grad = packed_grad.unpack(p.dtype)
             else:
-                if grad.is_sparse:
+                p.grad = floats[p]
+                if p.grad.is_sparse:
                     raise ValueError("sparse gradients are not supported by LowPrecisionOptimizer")
-                self._q_many_([(grad, self.recipe.grad, (i, _GRAD, 0))])
+                self._q_many_([(p.grad, self.recipe.grad, (i, _GRAD, 0))])
             unstore(p)
             if p in self.acc:
                 p.copy_(self.acc[p])
-            self._unpack_state([p])
-            p.grad = grad
-            self.optimizer.step()
-            jobs = []
+        self._unpack_state([p for _, p in chunk])
+        self.optimizer.step()
+        jobs = []
+        for i, p in chunk:
             self._round_after_step(i, p, jobs)
-            self._q_many_(jobs)
+        self._q_many_(jobs)
+        for _, p in chunk:
             p.grad = None
-        for p, grad in floats.items():  # rounded, as the simulated step leaves them
-            p.grad = grad
 
     def _step_unpacked(self, closure):
         """A step with a closure: the model is evaluated again, so everything is float for it."""

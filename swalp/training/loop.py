@@ -51,6 +51,7 @@ from .._files import atomic_write, atomic_write_text, to_json
 from ..data import DataBundle, epoch_order, limit, load_data
 from ..models import build_model
 from ..nn import packed_activations, packed_state_dict, quantize_model, unpack_state_dict
+from ..ops.cpu import set_output_pool
 from ..optim import SWALPLR, LowPrecisionOptimizer, WeightAverage
 from ..recipes import Recipe, get_recipe
 from . import distributed
@@ -212,6 +213,8 @@ def build(cfg: TrainConfig, device: torch.device) -> Run:
     prepare_model(model, device, cfg.channels_last)
     net = distributed.wrap(model, device)  # DistributedDataParallel under torchrun, else `model` itself
     net = torch.compile(net) if cfg.compile else net  # train through `net`, save `model`
+    if cfg.storage == "packed":  # memory first: the CPU kernels keep no freed outputs for reuse
+        set_output_pool(0)
     base = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     optimizer = LowPrecisionOptimizer(base, recipe, seed=cfg.seed, storage=cfg.storage)
     scheduler = SWALPLR(base, budget=cfg.budget, swa_lr=cfg.swa_lr, ratio=cfg.lr_ratio,

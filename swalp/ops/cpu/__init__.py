@@ -21,13 +21,35 @@ from __future__ import annotations
 
 import torch
 
+from ..._checks import check_int
 from ...formats import Rounding
 from .._dispatch import Backend
 from .._reference import round_to_grid
 from .._schema import kernel_packs, pack, run_op, run_op_many_, run_op_pack, run_op_seeded
 from ._build import failed, load
 
-__all__ = ["BACKEND", "load"]
+__all__ = ["BACKEND", "load", "set_output_pool"]
+
+
+def set_output_pool(cap_bytes: int) -> int:
+    """Cap the pool of freed large outputs the kernels keep for reuse; returns the old cap.
+
+    The kernels' outputs of 4 MiB and more are kept for reuse when freed, up to 256 MiB
+    (swalp/ops/cpu/csrc/output.cpp: a fresh output costs page faults that cost about as
+    much as the rounding). That is memory the process holds: where memory matters more,
+    lower the cap (0: no pool); what is cached beyond it is released at once. A setting
+    of the whole process, as ``torch.set_num_threads`` is; without the kernels it does
+    nothing and returns 0.
+
+    Example:
+        >>> old = set_output_pool(0)
+        >>> set_output_pool(old)
+        0
+    """
+    check_int("cap_bytes", cap_bytes, 0)
+    if not load():
+        return 0
+    return int(torch.ops.swalp_cpu.output_pool(cap_bytes)[0])
 
 
 def _fn(x, fmt, rounding, seed):

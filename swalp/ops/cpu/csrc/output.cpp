@@ -6,11 +6,13 @@
 // quantizing it; glibc keeps freed blocks below 32 MiB for reuse but unmaps larger ones,
 // so every large output would pay that again. Reuse makes the steady state (the same
 // shapes every training step) cost only the kernel. Smaller outputs, and every output
-// off Linux, come from torch's CPU allocator.
+// off Linux, come from torch's CPU allocator. The pool's cap can be lowered (to 0: no pool)
+// where memory matters more than speed: swalp.ops.cpu.set_output_pool (packed storage does).
 
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <c10/core/CPUAllocator.h>
+#include <torch/library.h>
 
 #include <cstdint>
 #include <mutex>
@@ -26,6 +28,27 @@ namespace {
 class HugePageAllocator final : public at::Allocator {
  public:
   static constexpr size_t HUGE = size_t(2) << 20, MIN = size_t(4) << 20, POOL = size_t(256) << 20;
+
+  // Sets the pool's cap (bytes) and unmaps what is cached beyond it; returns {old cap, cached}.
+  std::vector<int64_t> set_pool(int64_t cap) {
+    std::vector<Mapping*> drop;
+    int64_t old;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      old = static_cast<int64_t>(pool_);
+      if (cap >= 0) pool_ = static_cast<size_t>(cap);
+      while (cached_ > pool_ && !free_.empty()) {
+        drop.push_back(free_.back());
+        cached_ -= free_.back()->cap;
+        free_.pop_back();
+      }
+    }
+    for (Mapping* m : drop) {
+      munmap(m->base, m->len);
+      delete m;
+    }
+    return {old, static_cast<int64_t>(cached_)};
+  }
 
   at::DataPtr allocate(size_t n) override {
     if (n < MIN) return c10::GetCPUAllocator()->allocate(n);
@@ -59,6 +82,7 @@ class HugePageAllocator final : public at::Allocator {
   std::mutex mu_;
   std::vector<Mapping*> free_;
   size_t cached_ = 0;
+  size_t pool_ = POOL;
 
   Mapping* take(size_t need) {  // the smallest free mapping that fits, not over twice too big
     std::lock_guard<std::mutex> g(mu_);
@@ -76,7 +100,7 @@ class HugePageAllocator final : public at::Allocator {
     HugePageAllocator& a = get();
     {
       std::lock_guard<std::mutex> g(a.mu_);
-      if (a.cached_ + m->cap <= POOL) {
+      if (a.cached_ + m->cap <= a.pool_) {
         a.free_.push_back(m);
         a.cached_ += m->cap;
         return;
@@ -93,12 +117,19 @@ at::Tensor empty_output(const at::Tensor& x) {
   return at::detail::empty_generic(x.sizes(), &HugePageAllocator::get(), c10::DispatchKeySet(c10::DispatchKey::CPU),
                                    x.scalar_type(), at::MemoryFormat::Contiguous);
 }
+
+std::vector<int64_t> output_pool(int64_t cap) { return HugePageAllocator::get().set_pool(cap); }
 #else
 }  // namespace
 
 at::Tensor empty_output(const at::Tensor& x) {
   return at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
 }
+
+std::vector<int64_t> output_pool(int64_t cap) { return {0, 0}; }  // no pool here
 #endif
 
 }  // namespace swalp
+
+// Not in _schema.py: a setting of this backend, not an op of the method.
+TORCH_LIBRARY_FRAGMENT(swalp_cpu, m) { m.def("output_pool(int cap) -> int[]", &swalp::output_pool); }
