@@ -25,7 +25,7 @@ from swalp.formats import (
     PerGroup,
 )
 
-from swalp.ops._schema import run_op_pack
+from swalp.ops._schema import run_op_pack, run_op_unpack
 from test_kernels import assert_bitwise, sample
 
 INTEGER = [
@@ -147,6 +147,17 @@ def test_cpp_kernel_packs_exactly_as_the_reference(shape, fmt, rounding, dtype):
         assert exponents.shape == ref.exponents.shape and torch.equal(exponents, ref.exponents)
     fast = swalp.pack(x, fmt, rounding, seed=99)  # the default backend takes the kernel
     assert_bitwise(fast.unpack(dtype), swalp.quantize(x, fmt, rounding, seed=99))
+
+
+@pytest.mark.parametrize("shape, fmt", KERNEL_CASES, ids=lambda v: repr(v))
+def test_cpp_kernel_unpacks_exactly_as_the_reference(shape, fmt):
+    assert swalp.ops.cpu.load()
+    x = sample(shape, seed=5, specials=isinstance(fmt, (swalp.FloatFormat, swalp.MXFloat))).to(torch.float32)
+    for scale in (1.0, 2.0**-120, 2.0**100):  # block exponents near both ends of int8 (s = e - shift < -126 too)
+        p = swalp.pack(x * scale, fmt, "stochastic", seed=1)
+        fast = run_op_unpack(p.codes, p.exponents, fmt)  # the C++ op itself
+        assert_bitwise(fast, p._unpack_reference(torch.float32))
+        assert_bitwise(p.unpack(), fast)  # PackedTensor.unpack takes the kernel
 
 
 def test_cpp_kernel_refuses_nan_with_the_format_named():

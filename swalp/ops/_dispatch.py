@@ -45,6 +45,8 @@ class Backend:
         pack: optional ``pack(x, fmt, rounding, seed) -> (codes, exponents) or None``: round
             straight into :func:`swalp.ops.pack`'s form in one pass; None where it does not
             apply (the reference then packs).
+        unpack: optional ``unpack(codes, exponents, fmt, dtype) -> Tensor or None``:
+            :meth:`swalp.ops.PackedTensor.unpack` in one pass; None where it does not apply.
         seeded: optional ``seeded(x, fmt, rounding, seed) -> Tensor``: ``fn`` with the seed
             as a tensor (one int64 on the CPU), the form ``torch.compile`` traces without a
             graph break (the seed drawn by ``torch.randint`` in the graph). Without it, the
@@ -59,6 +61,7 @@ class Backend:
     ste: Callable | None = None
     seeded: Callable | None = None
     pack: Callable | None = None
+    unpack: Callable | None = None
 
     def round_seeded(self, x: Tensor, fmt: Format, rounding: Rounding, seed: Tensor) -> Tensor:
         """``seeded``, or ``fn`` with the seed read back to a Python int."""

@@ -124,6 +124,17 @@ def _fake_pack(x, kind, p, f, rounding, k0, k1):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((0,), dtype=torch.int8)  # (integer formats)
 
 
+# A PackedTensor's codes (int8 or float8) and int8 exponents per block back to float32, in one
+# pass: code * 2^(e - shift) (swalp/ops/packed.py PackedTensor.unpack). ``block``, ``axis`` and
+# ``size`` as Params; no exponents: one scale, 2^-shift. CPU (C++).
+torch.library.define("swalp::unpack", "(Tensor codes, Tensor exps, int shift, int block, int axis, int size) -> Tensor")
+
+
+@torch.library.register_fake("swalp::unpack")
+def _fake_unpack(codes, exps, shift, block, axis, size):
+    return codes.new_empty(codes.shape, dtype=torch.float32)
+
+
 # In place, many tensors in one call: the optimizer rounds dozens of small tensors a step,
 # where one call each costs more than the rounding. The parameters of tensor t are
 # kind[t], p[len(Params) t : len(Params) (t + 1)], f likewise with Bounds, k0[t], k1[t]. CPU only.
@@ -241,6 +252,19 @@ def kernel_packs(x: Tensor, fmt, floats: bool = True) -> bool:
 def run_op_pack(x: Tensor, fmt, rounding: Rounding, seed: int | None) -> tuple[Tensor, Tensor]:
     """Run ``swalp::quantize_pack``: ``(codes, exponents)``."""
     return torch.ops.swalp.quantize_pack.default(x, *pack(x, fmt, rounding, seed))
+
+
+def kernel_unpacks(codes: Tensor, dtype: torch.dtype) -> bool:
+    """Whether ``swalp::unpack`` takes these codes: int8 or float8 codes, float32 out."""
+    return dtype == torch.float32 and codes.dtype in (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def run_op_unpack(codes: Tensor, exponents: Tensor | None, fmt) -> Tensor:
+    """Run ``swalp::unpack`` on a PackedTensor's codes and exponents (float32 out)."""
+    block, axis, size = _block(getattr(fmt, "block", None), codes.dim())
+    shift = fmt.fl if isinstance(fmt, FixedPoint) else fmt.wl - 2 if isinstance(fmt, BlockFloat) else 0
+    exps = codes.new_empty((0,), dtype=torch.int8) if exponents is None else exponents
+    return torch.ops.swalp.unpack.default(codes, exps, shift, int(block), axis, size)
 
 
 def run_op_many_(xs: list[Tensor], fmts: list, rounding: Rounding, seeds: list[int | None]) -> None:

@@ -106,6 +106,14 @@ class PackedTensor:
         """
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"unpack gives floating values; dtype must be a floating torch.dtype, got {dtype!r}")
+        kernel = pick_backend(None, self.codes, self.fmt).unpack if self.codes.numel() else None
+        fast = None if kernel is None else kernel(self.codes, self.exponents, self.fmt, dtype)
+        if fast is not None:
+            return fast
+        return self._unpack_reference(dtype)
+
+    def _unpack_reference(self, dtype: torch.dtype) -> Tensor:
+        """:meth:`unpack` in PyTorch: the definition the kernels follow."""
         work = compute_dtype(dtype)
         values = self.codes.to(work)  # always a new tensor: codes are never float32/64
         fmt = self.fmt

@@ -25,7 +25,16 @@ from ..._checks import check_int
 from ...formats import Rounding
 from .._dispatch import Backend
 from .._reference import round_to_grid
-from .._schema import kernel_packs, pack, run_op, run_op_many_, run_op_pack, run_op_seeded
+from .._schema import (
+    kernel_packs,
+    kernel_unpacks,
+    pack,
+    run_op,
+    run_op_many_,
+    run_op_pack,
+    run_op_seeded,
+    run_op_unpack,
+)
 from ._build import failed, load
 
 __all__ = ["BACKEND", "load", "set_output_pool"]
@@ -68,6 +77,10 @@ def _pack(x, fmt, rounding, seed):
     return run_op_pack(x, fmt, rounding, seed) if kernel_packs(x, fmt) and load() else None
 
 
+def _unpack(codes, exponents, fmt, dtype):
+    return run_op_unpack(codes, exponents, fmt) if kernel_unpacks(codes, dtype) and load() else None
+
+
 def _many_(xs, fmts, rounding, seeds) -> None:
     if not load():
         for x, fmt, seed in zip(xs, fmts, seeds):
@@ -88,4 +101,5 @@ def _supports(x, fmt) -> bool:
     return x.is_cpu and not failed()  # is_cpu, not device.type: this runs per tensor per step
 
 
-BACKEND = Backend("cpp", _fn, _supports, priority=10, many=_many_, ste=_ste, seeded=_seeded, pack=_pack)
+BACKEND = Backend("cpp", _fn, _supports, priority=10, many=_many_, ste=_ste, seeded=_seeded, pack=_pack,
+                  unpack=_unpack)

@@ -35,7 +35,7 @@ import torch
 from ..._files import cache_dir
 
 _CSRC = Path(__file__).with_name("csrc")
-SOURCES = [_CSRC / name for name in ("quantize.cpp", "pack.cpp", "output.cpp", "ste.cpp")]
+SOURCES = [_CSRC / name for name in ("quantize.cpp", "pack.cpp", "unpack.cpp", "output.cpp", "ste.cpp")]
 HEADERS = [_CSRC / "quant.h"]  # in the cache key too: a change to the kernels rebuilds
 _BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 
