@@ -9,6 +9,7 @@ in reading order (imports only point down this list):
 * ``swalp.ops``: rounding a tensor (:func:`swalp.ops.quantize`) and its backends.
 * ``swalp.nn``: the Quantizer module and the module swap.
 * ``swalp.optim``: optimizer wrapper, weight average, schedule.
+* ``swalp.distributed``: the 8-bit gradient all-reduce for DistributedDataParallel.
 * ``swalp.models``, ``swalp.data``: networks and data sets by name.
 * ``swalp.training``: the main job (``swalp train``).
 * ``swalp.experiments``: the paper's comparisons (``swalp compare``, ``swalp reproduce``).
@@ -35,6 +36,7 @@ from .formats import (
     Rounding,
     get_format,
 )
+from . import distributed
 from .nn import Quantizer, full_precision, quantize_model, set_quantizers
 from .ops import PackedTensor, pack, quantize
 from .optim import SWALPLR, LowPrecisionOptimizer, WeightAverage, update_bn

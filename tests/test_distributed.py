@@ -57,6 +57,9 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
 
     result["summary"], result["full"] = run(TrainConfig(**TINY, out=f"{root}/full"))
     result["packed_summary"], result["packed"] = run(TrainConfig(**TINY, storage="packed", out=f"{root}/packed"))
+    result["comm_summary"], result["comm"] = run(TrainConfig(**TINY, comm="bfp8", out=f"{root}/comm"))
+    run(TrainConfig(**TINY, comm="bfp8", out=f"{root}/comm-part"), stop_after=1)
+    _, result["comm_resumed"] = run(TrainConfig(), resume=f"{root}/comm-part")
     result["stopped"], _ = run(TrainConfig(**TINY, out=f"{root}/part"), stop_after=1)
     _, result["resumed"] = run(TrainConfig(), resume=f"{root}/part")
     run(TrainConfig(**FP32, out=f"{root}/fp32"))
@@ -116,6 +119,19 @@ def test_packed_optimizer_state_trains_the_same_on_every_rank(ranks):
         assert_equal(r["packed"]["average"], r0["full"]["average"], "packed average")
         assert r["packed"]["optimizer"]["swalp"]["packed"]  # the momentum was held packed
     assert drop_wall(r0["packed_summary"]) == drop_wall(r0["summary"])
+
+
+def test_8_bit_gradient_all_reduce_trains_the_same_on_every_rank_and_resumes(ranks):
+    """--comm bfp8: the ranks agree bit for bit, the run differs from the float32 all-reduce's
+    (the gradients went through 8-bit codes) but learns as well, and a resume is bit-identical."""
+    root, (r0, r1) = ranks
+    assert_equal(r0["comm"], r1["comm"], "comm")
+    assert any(not torch.equal(v, r0["full"]["model"][k]) for k, v in r0["comm"]["model"].items())
+    for r in (r0, r1):
+        assert_equal(r["comm_resumed"], r0["comm"], "comm resumed")
+    assert (root / "comm-part" / "metrics.jsonl").read_text() == (root / "comm" / "metrics.jsonl").read_text()
+    assert abs(r0["comm_summary"]["swalp"]["test_error"] - r0["summary"]["swalp"]["test_error"]) <= 10
+    assert json.loads((root / "comm" / "config.json").read_text())["comm"] == "bfp8"
 
 
 def test_batch_norm_statistics_are_rank_0s_everywhere(ranks):

@@ -54,6 +54,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-on-device", action="store_true", default=None, help="copy in-memory data to the GPU once")
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory layout (GPU)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--comm", default=None, choices=distributed.COMMS,
+                   help=f"under torchrun, how gradients are averaged (default {_D.comm}; bfp8: 8-bit codes on the wire)")
     g.add_argument("--storage", default=None, choices=STORAGES,
                    help=f"how weights, gradients and momentum are held (default {_D.storage}; packed: 8 bits, same numbers)")
     g.add_argument("--packed-activations", action="store_true", default=None,

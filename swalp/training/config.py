@@ -47,6 +47,7 @@ class TrainConfig:
     placement: str | None = None    # where quantize_model puts quantizers (swalp.nn.PLACEMENTS); None: "layer"
     packed_activations: bool = False  # keep Quantizer outputs saved for backward in 8 bits (swalp.nn.packed_activations)
     storage: str = "simulated"      # swalp.optim.STORAGES: "packed" holds weights, gradients, momentum in 8 bits
+    comm: str = "fp32"              # under torchrun: "bfp8" averages gradients sending 8-bit codes (swalp.distributed)
     # optimisation (SGD with momentum and weight decay, as the paper); cnn1d on mnist1d in brackets
     epochs: int | None = None       # total epochs E (45; the paper: 1.5 x budget)
     budget: int | None = None       # B: epochs of ordinary training; averaging starts at its end (30)
@@ -105,6 +106,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     check_choice("--schedule", c.schedule, KINDS)
     check_choice("--avg-unit", c.avg_unit, AVG_UNITS)
     check_choice("--storage", c.storage, STORAGES)
+    check_choice("--comm", c.comm, distributed.COMMS)
     if c.storage == "packed" and c.compile:
         raise ValueError("--storage packed unpacks each layer's weights in module hooks, which torch.compile does not "
                          "trace; use one of --storage packed and --compile")

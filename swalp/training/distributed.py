@@ -46,11 +46,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .._rng import derive_seed
+from ..distributed import BFPCommState, register_bfp_hook
 from ..data.batches import batches as _batches
 from ..data.batches import shard
 from .checkpoint import rng_state, set_rng_state
 
 _RANK_KEY = 0xD157  # derive_seed key of the per-rank generators; part of a run's definition
+_COMM_KEY = 0xC033  # derive_seed key of the gradient all-reduce's roundings
+COMMS = ("fp32", "bfp8")  # how DDP averages gradients: torch's float32 all-reduce, or swalp.distributed's 8 bits
 
 
 def _initialized() -> bool:
@@ -153,6 +156,14 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     if not active():
         return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def compress(net: nn.Module, comm: str, seed: int) -> BFPCommState | None:
+    """``comm="bfp8"``: register swalp.distributed's 8-bit all-reduce on the DDP wrapper ``net``
+    and return its state (the training loop sets its ``step``); None for "fp32" or one process."""
+    if comm == "fp32" or not isinstance(net, nn.parallel.DistributedDataParallel):
+        return None
+    return register_bfp_hook(net, seed=derive_seed(seed, _COMM_KEY))
 
 
 def seed_rank(seed: int, *keys: int) -> None:

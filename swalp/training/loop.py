@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from .._files import atomic_write, atomic_write_text, to_json
 from ..data import DataBundle, epoch_order, limit, load_data
+from ..distributed import BFPCommState
 from ..models import build_model
 from ..nn import packed_activations, packed_state_dict, quantize_model, unpack_state_dict
 from ..ops.cpu import set_output_pool
@@ -92,6 +93,7 @@ class Run:
     optimizer: LowPrecisionOptimizer
     scheduler: SWALPLR
     average: WeightAverage
+    comm: BFPCommState | None = None  # the 8-bit gradient all-reduce's state (--comm bfp8 under torchrun)
     epoch: int = 0  # the last finished epoch
     step: int = 0
     metrics: list[dict] = field(default_factory=list)
@@ -212,6 +214,7 @@ def build(cfg: TrainConfig, device: torch.device) -> Run:
     quantize_model(model, recipe, placement=cfg.placement)  # also configures quantizers a model placed itself
     prepare_model(model, device, cfg.channels_last)
     net = distributed.wrap(model, device)  # DistributedDataParallel under torchrun, else `model` itself
+    comm = distributed.compress(net, cfg.comm, cfg.seed)
     net = torch.compile(net) if cfg.compile else net  # train through `net`, save `model`
     if cfg.storage == "packed":  # memory first: the CPU kernels keep no freed outputs for reuse
         set_output_pool(0)
@@ -222,7 +225,7 @@ def build(cfg: TrainConfig, device: torch.device) -> Run:
     avg_device = device if cfg.avg_device is None else pick_device(cfg.avg_device)
     average = WeightAverage(model, fmt=cfg.avg_format, device=avg_device, seed=cfg.seed)
     distributed.seed_rank(cfg.seed)  # the weights are built: from here on each rank rounds activations its own way
-    return Run(cfg, device, recipe, data, train_set, test_set, model, net, optimizer, scheduler, average)
+    return Run(cfg, device, recipe, data, train_set, test_set, model, net, optimizer, scheduler, average, comm)
 
 
 def _prepare_out(out: Path, fresh: bool, log) -> None:
@@ -264,6 +267,8 @@ def train_epoch(run: Run, epoch: int, bar) -> dict:
             x = run.data.train_transform(x)
         lr = run.optimizer.param_groups[0]["lr"]  # the epoch's line reports its last step's rate
         run.optimizer.zero_grad(set_to_none=True)
+        if run.comm is not None:
+            run.comm.step = run.step  # its roundings' seeds follow the run's step, across a resume too
         with saved():
             logits = run.net(prepare_batch(x, cfg.channels_last))
             loss = F.cross_entropy(logits, y)
