@@ -119,15 +119,15 @@ def lowbias32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-def random_bits(numel: int, seed: int, device=None) -> Tensor:
-    """32 random bits per element ``i``: ``h = H(H(i_lo + k0) ^ (i_hi + k1))``.
+def random_bits(numel: int, seed: int, device=None, start: int = 0) -> Tensor:
+    """32 random bits per element ``i`` in ``[start, start + numel)``: ``h = H(H(i_lo + k0) ^ (i_hi + k1))``.
 
     ``H`` is :func:`lowbias32`, ``(k0, k1)`` = :func:`seed_keys` (seed), ``i_lo`` and
     ``i_hi`` the low and high 32 bits of ``i``; additions wrap modulo 2^32.
     Returns int64 values in [0, 2^32).
     """
     k0, k1 = seed_keys(seed)
-    i = torch.arange(numel, dtype=torch.int64, device=device)
+    i = torch.arange(start, start + numel, dtype=torch.int64, device=device)
     h = lowbias32((i & _M32) + k0 & _M32)
     return lowbias32(h ^ (((i >> 32) + k1) & _M32))
 

@@ -43,9 +43,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .._checks import check_int
-from .._rng import check_seed, derive_seed, random_bits, uniform
-from ..formats import BlockFloat, PerGroup, PerTensor, Rounding, get_format
-from ..ops._reference import floor_log2, pow2_mul
+from .._rng import check_seed, derive_seed, random_bits, seed_keys
+from ..formats import BlockFloat, FixedPoint, PerAxis, PerGroup, PerTensor, Rounding, get_format
+from ..ops import PackedTensor, cpu, pack
+from ..ops._schema import packed
+from ..ops._reference import floor_log2, pow2
 
 __all__ = ["BFPCommState", "bfp_allreduce_hook", "register_bfp_hook"]
 
@@ -55,6 +57,7 @@ __all__ = ["BFPCommState", "bfp_allreduce_hook", "register_bfp_hook"]
 _EMIN, _EMAX, _NONFINITE = -126, 126, 127
 _BUCKET_KEY = 0xB0C4  # a gradient's key when the state has no index for its parameter
 _MEAN_KEY = 0x3EA7  # derive_seed key of the mean's rounding (the first rounding's key is the rank)
+_MEAN_GRID = FixedPoint(8, 0)  # the mean's codes: integers in [-128, 127]
 _BUCKET_BLOCK = 256  # the default block: one exponent byte per 256 codes
 
 
@@ -163,15 +166,12 @@ def allreduce_mean(grads: list[Tensor], keys: list[int], state: BFPCommState, wo
     es = e.split([len(x) for x in blocks])
     codes = torch.cat([encode(x, ei, wl, rounding, derive_seed(state.seed, state.step, k, rank))
                        for x, ei, k in zip(blocks, es, keys)])  # fmt: skip
-    bits = torch.cat([random_bits(x.numel(), derive_seed(state.seed, state.step, k, _MEAN_KEY), device=x.device)
-                      for x, k in zip(blocks, keys)])  # fmt: skip
     chunk = -(-len(codes) // world)
     codes = torch.cat([codes, codes.new_zeros(world * chunk - len(codes))])
-    bits = torch.cat([bits, bits.new_zeros(world * chunk - len(bits))])
     received = torch.empty_like(codes)
     dist.all_to_all_single(received, codes, group=group)  # rank j gets every rank's chunk j
     total = received.view(world, chunk).to(torch.int32).sum(0)  # exact: no 8-bit type holds a sum
-    mean = round_mean(total, world, rounding, bits[rank * chunk:(rank + 1) * chunk])
+    mean = _mean_codes(total, world, blocks, keys, state, rank * chunk)
     gathered = torch.empty(world * chunk, dtype=torch.int8, device=codes.device)
     dist.all_gather_into_tensor(gathered, mean, group=group)
     state.bytes_sent += 2 * (world - 1) * chunk + 2 * (world - 1) * len(e) // world
@@ -180,35 +180,68 @@ def allreduce_mean(grads: list[Tensor], keys: list[int], state: BFPCommState, wo
     return [decode(v.view(x.shape), ei, wl).reshape(-1)[: g.numel()] for v, x, ei, g in zip(values, blocks, es, grads)]
 
 
+def _mean_codes(total: Tensor, world: int, blocks: list[Tensor], keys: list[int], state: BFPCommState,
+                begin: int) -> Tensor:
+    """:func:`round_mean` of this rank's chunk (elements ``[begin, begin + len(total))`` of the
+    concatenated blocks), each tensor's elements rounded with bits drawn from (seed, step, its
+    key) at its own element indices; the C++ kernel's stochastic fixed-point rounding where
+    it runs (the same bits and the same decisions: module docstring of swalp/_rng.py)."""
+    if state.rounding is Rounding.NEAREST:
+        return round_mean(total, world, state.rounding, None)
+    fast = total.is_cpu and cpu.load()
+    mean = total.to(torch.float64) / world if fast else None  # float64: the kernel's decision u < frac is exact (_fast_round)
+    out = torch.zeros(len(total), dtype=torch.int8, device=total.device)
+    at = 0
+    for x, k in zip(blocks, keys):
+        lo, hi = max(begin, at), min(begin + len(total), at + x.numel())
+        if lo < hi:
+            seed = derive_seed(state.seed, state.step, k, _MEAN_KEY)
+            piece = slice(lo - begin, hi - begin)
+            if fast:
+                out[piece] = _fast_round(mean[piece], seed, lo - at)
+            else:
+                out[piece] = round_mean(total[piece], world, state.rounding, random_bits(hi - lo, seed, x.device, lo - at))
+        at += x.numel()
+    return out
+
+
+def _fast_round(mean: Tensor, seed: int, start: int) -> Tensor:
+    """int8 stochastic rounding of ``mean`` (float64 ``total / world``) by the C++ kernel, with the
+    bits ``random_bits`` gives elements ``start...``: offsetting the index adds to the first key
+    (the hash adds it modulo 2^32; no carry for tensors and offsets below 2^31 elements). The
+    decision ``u < frac`` (24-bit ``u``) is exact: ``frac = rem / world`` is never within 2^-53
+    of a multiple of 2^-24 unless it is one, and those float64 holds exactly."""
+    kind, p, f = packed(_MEAN_GRID, torch.float64, mean.dim())
+    k0, k1 = seed_keys(seed)
+    return torch.ops.swalp.quantize.default(mean, kind, p, f, 1, (k0 + start) & 0xFFFFFFFF, k1).to(torch.int8)
+
+
 # --- the arithmetic, one process (tests/test_comm.py checks it by hand) ---------------------
 
 
 def block_exponents(x: Tensor) -> Tensor:
     """int8 ``floor(log2 max|block|)`` per row of ``x`` (blocks, size), within
     ``[_EMIN, _EMAX]``; ``_NONFINITE`` for a block holding a NaN or inf."""
-    finite = torch.isfinite(x).all(1)
-    m = torch.where(torch.isfinite(x), x.abs(), torch.zeros_like(x)).amax(1)
-    e = floor_log2(torch.where(m > 0, m, torch.ones_like(m))).clamp(_EMIN, _EMAX)
+    m = x.abs().amax(1)  # NaN if the block holds one
+    finite = torch.isfinite(m)
+    e = floor_log2(torch.where(finite & (m > 0), m, torch.ones_like(m))).clamp(_EMIN, _EMAX)
     e = torch.where(m > 0, e, torch.full_like(e, _EMIN))
     return torch.where(finite, e, torch.full_like(e, _NONFINITE)).to(torch.int8)
 
 
-def _shift(e: Tensor, wl: int) -> Tensor:
-    """The exponent of each block's grid step, ``E - (wl - 2)``, as a column (int32)."""
-    return (e.to(torch.int32) - (wl - 2)).unsqueeze(1)
-
-
 def encode(x: Tensor, e: Tensor, wl: int, rounding: Rounding, seed: int) -> Tensor:
-    """int8 codes of ``x`` (blocks, size) on the grids of step ``2^(e - (wl - 2))``."""
-    v = pow2_mul(x, -_shift(e, wl))  # exact: a power of two
-    if rounding is Rounding.STOCHASTIC:
-        f = torch.floor(v)
-        v = f + (uniform(v.shape, seed, device=v.device) < v - f).to(v.dtype)
-    else:
-        v = torch.round(v)
-    q = 2 ** (wl - 1) - 1
-    v = torch.where(e.unsqueeze(1) == _NONFINITE, torch.zeros_like(v), v)  # decoded as NaN
-    return v.clamp(-q, q).to(torch.int8).reshape(-1)
+    """int8 codes of ``x`` (blocks, size) on the grids of step ``2^(e - (wl - 2))``.
+
+    Rounded by :func:`swalp.ops.pack` (the C++ kernel on the CPU) with one exponent per row,
+    after an anchor ``2^e`` is appended to each row: every rank's row then has the shared
+    exponent ``e`` (its own values are below ``2^(e+1)``). Blocks marked non-finite: zeros.
+    """
+    bad = e == _NONFINITE
+    if bad.any():
+        x = torch.where(bad.unsqueeze(1), torch.zeros_like(x), x)
+    anchor = pow2(torch.where(bad, torch.zeros_like(e), e).unsqueeze(1), torch.float32)
+    packed = pack(torch.cat([x, anchor], 1), BlockFloat(wl, block=PerAxis(0)), rounding, seed)
+    return packed.codes[:, :-1].reshape(-1)
 
 
 def round_mean(total: Tensor, world: int, rounding: Rounding, bits: Tensor) -> Tensor:
@@ -225,7 +258,9 @@ def round_mean(total: Tensor, world: int, rounding: Rounding, bits: Tensor) -> T
 
 
 def decode(codes: Tensor, e: Tensor, wl: int) -> Tensor:
-    """float32 ``code * 2^(e - (wl - 2))`` per block; NaN for a block marked non-finite."""
-    values = pow2_mul(codes.to(torch.float32), _shift(e, wl))
-    return torch.where(e.unsqueeze(1) == _NONFINITE, torch.full_like(values, float("nan")), values)
-
+    """float32 ``code * 2^(e - (wl - 2))`` per row of ``codes`` (blocks, size), by
+    ``PackedTensor.unpack`` (the C++ kernel on the CPU); NaN for a block marked non-finite."""
+    bad = e == _NONFINITE
+    exps = torch.where(bad, torch.zeros_like(e), e)
+    values = PackedTensor(codes, exps, BlockFloat(wl, block=PerAxis(0))).unpack()
+    return torch.where(bad.unsqueeze(1), torch.full_like(values, float("nan")), values) if bad.any() else values
