@@ -48,3 +48,23 @@ def test_memory_benchmark_counts_every_persistent_byte(tmp_path):
         want = (3.0, 3.1) if name in ("paper-packed-state", "paper-packed") else (12.0, 12.0)
         assert want[0] <= r["state_bytes_per_param"] <= want[1] and r["average_bytes_per_param"] == 4.0
         assert r["peak_mb"] > 0
+
+
+def test_allreduce_benchmark_counts_the_bytes_of_each_hook(tmp_path):
+    out = run("allreduce.py", "--worlds", "2", "--sizes", "5000", "--steps", "1", "--json", str(tmp_path / "a.json"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = {r["hook"]: r for r in json.loads((tmp_path / "a.json").read_text())}
+    assert {"fp32", "fp16", "bfp8"} <= set(records)
+    assert records["fp32"]["bytes_per_step"] == records["fp32"]["fp32_bytes_per_step"] == 4 * 5000
+    assert records["fp16"]["bytes_per_step"] == 2 * 5000
+    assert 0.25 < records["bfp8"]["bytes_per_step"] / records["fp32"]["bytes_per_step"] < 0.3
+
+
+def test_comm_accuracy_benchmark_runs_both_all_reduces(tmp_path):
+    tiny = "--data digits --model cnn --epochs 2 --budget 1 --limit-train 64 --limit-test 32 --batch-size 32"
+    out = run("comm_accuracy.py", "--seeds", "0", "--train-args", tiny, "--out", str(tmp_path / "runs"),
+              "--json", str(tmp_path / "c.json"), "--md", str(tmp_path / "c.md"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    (summary,) = json.loads((tmp_path / "c.json").read_text())
+    assert [r["comm"] for r in summary["runs"]] == ["fp32", "bfp8"]
+    assert "| bfp8 |" in (tmp_path / "c.md").read_text()

@@ -233,3 +233,14 @@ def test_a_run_that_cannot_start_leaves_the_earlier_run_in_its_folder(tmp_path):
         run(tiny(tmp_path, data="cifar10", model="vgg16", data_dir=str(tmp_path / "no-cifar-here")))
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before  # nothing deleted
     assert not (tmp_path / "no-cifar-here").exists()
+
+
+def test_comm_on_one_process_says_it_does_nothing_and_changes_nothing(tmp_path):
+    lines = []
+    comm = train(tiny(tmp_path, "comm", comm="bfp8"), progress=False, log=lines.append)
+    assert any("--comm bfp8 applies between processes" in line for line in lines)
+    plain = run(tiny(tmp_path, "plain"))
+    drop = lambda s: {k: v for k, v in s.items() if k != "wall_s"}  # noqa: E731
+    assert drop(comm) == drop(plain)
+    with pytest.raises(ValueError, match="unknown --comm 'int4'; accepted: 'fp32', 'bfp8'"):
+        resolve(tiny(tmp_path, comm="int4"))

@@ -191,6 +191,8 @@ def start(config: TrainConfig = TrainConfig(), *, resume: str | None = None, log
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     run = build(cfg, device)  # before the folder is touched: a run that cannot start loses no earlier run
+    if cfg.comm != "fp32" and run.comm is None:
+        log(f"--comm {cfg.comm} applies between processes (under torchrun); one process has no all-reduce")
     if distributed.is_main():
         _prepare_out(Path(cfg.out), fresh=state is None, log=log)
     if state is not None:
