@@ -62,6 +62,11 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="DistributedDataParallel communication hook; got a Linear"):
         register_bfp_hook(nn.Linear(2, 2))
     assert BFPCommState(fmt="bfp8").fmt == swalp.get_format("bfp8")
+    from swalp.distributed.bfp_hook import check_world
+
+    assert check_world(2**24 - 1) == 2**24 - 1
+    with pytest.raises(ValueError, match="holds at most 16777215 of them; the world has 16777216 ranks"):
+        check_world(2**24)
 
 
 # ----------------------------------------------------------------------------- 2 and 4 ranks

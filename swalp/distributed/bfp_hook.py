@@ -129,7 +129,7 @@ def register_bfp_hook(ddp: nn.Module, **settings) -> BFPCommState:
 def bfp_allreduce_hook(state: BFPCommState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Average ``bucket``'s gradients over the ranks with 8-bit codes (module docstring)."""
     group = state.process_group if state.process_group is not None else dist.group.WORLD
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    world, rank = check_world(dist.get_world_size(group)), dist.get_rank(group)
     buffer = bucket.buffer()
     grads = bucket.gradients()
     keys = [state.key(p, bucket.index(), j) for j, p in enumerate(bucket.parameters())]
@@ -214,6 +214,14 @@ def _fast_round(mean: Tensor, seed: int, start: int) -> Tensor:
     kind, p, f = packed(_MEAN_GRID, torch.float64, mean.dim())
     k0, k1 = seed_keys(seed)
     return torch.ops.swalp.quantize.default(mean, kind, p, f, 1, (k0 + start) & 0xFFFFFFFF, k1).to(torch.int8)
+
+
+def check_world(world: int) -> int:
+    """``world`` if an int32 holds the sum of that many int8 codes (every world there is)."""
+    if world * 128 > 2**31 - 1:
+        raise ValueError(f"the BFP all-reduce sums the ranks' int8 codes in int32, which holds at most "
+                         f"{(2**31 - 1) // 128} of them; the world has {world} ranks")
+    return world
 
 
 # --- the arithmetic, one process (tests/test_comm.py checks it by hand) ---------------------
