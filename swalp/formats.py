@@ -337,17 +337,22 @@ PRESETS: dict[str, Format] = {
 
 
 def get_format(name: str | Format) -> Format:
-    """The preset called ``name`` (case-insensitive); a format passes through.
+    """The preset called ``name`` (case-insensitive), or ``"bfp<W>"`` (block floating point of
+    ``W`` bits, 2 to 32, one exponent per tensor); a format passes through.
 
     >>> get_format("mxint8")
     BlockFloat(wl=8, ebits=8, block=PerGroup(size=32, axis=-1), symmetric=True)
+    >>> get_format("bfp12")
+    BlockFloat(wl=12, ebits=8, block=PerTensor())
     """
     if isinstance(name, FORMAT_TYPES):
         return name
     key = str(name).lower().replace("-", "_")
-    if key not in PRESETS:
-        raise ValueError(f"unknown format preset {name!r}; accepted: {', '.join(sorted(PRESETS))}")
-    return PRESETS[key]
+    if key in PRESETS:
+        return PRESETS[key]
+    if key.startswith("bfp") and key[3:].isdigit() and 2 <= int(key[3:]) <= 32:
+        return BlockFloat(int(key[3:]))
+    raise ValueError(f"unknown format preset {name!r}; accepted: {', '.join(sorted(PRESETS))}, bfp<W> (W in 2..32)")
 
 
 _TYPES = {t.__name__: t for t in (*FORMAT_TYPES, PerTensor, PerAxis, PerGroup)}

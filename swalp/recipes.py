@@ -181,6 +181,8 @@ _RECIPES: dict[str, Recipe] = {
     "fp32": Recipe(name="fp32"),
     "paper": _paper(PerAxis(0), PerTensor(), "paper"),
     "paper-big-block": _paper(PerTensor(), PerTensor(), "paper-big-block"),
+    # QPyTorch's port of the paper's small block: activations and errors one exponent per sample.
+    "paper-per-sample": _paper(PerAxis(0), PerAxis(0), "paper-per-sample"),
     "fixed8": _FIXED8,
     "mx": Recipe(weight=MXINT8, activation=MXINT8, error=MXINT8, grad=MXINT8, momentum=MXINT8, acc=MXINT8, name="mx"),
     # Everything in 8 bits, as the paper: the accumulator is the E4M3 weight tensor
@@ -200,7 +202,7 @@ def get_recipe(name_or_recipe: str | Recipe, bits: int | None = None) -> Recipe:
 
     Args:
         name_or_recipe: one of :data:`RECIPES` (``"fp32"``, ``"paper"``, ``"paper-big-block"``,
-            ``"fixed8"``, ``"mx"``, ``"fp8"``) or a Recipe.
+            ``"paper-per-sample"``, ``"fixed8"``, ``"mx"``, ``"fp8"``) or a Recipe.
         bits: word length for every integer format (see :meth:`Recipe.with_bits`); None
             keeps 8. Float-only recipes ("fp32", "fp8") raise ValueError for any bits.
 

@@ -451,6 +451,10 @@ def test_other_bad_arguments_are_clear_errors():
         swalp.quantize([1.0, 2.0], FixedPoint(8, 6))
     with pytest.raises(ValueError, match="unknown format preset 'fp7'"):
         swalp.quantize(torch.ones(2), "fp7")
+    assert swalp.get_format("BFP12") == swalp.BlockFloat(12) and swalp.get_format("bfp2") == swalp.BlockFloat(2)
+    for bad in ("bfp1", "bfp33", "bfp", "bfpx"):
+        with pytest.raises(ValueError, match=f"unknown format preset '{bad}'; accepted: .*bfp<W> \\(W in 2..32\\)"):
+            swalp.get_format(bad)
     with pytest.raises(ValueError, match="unknown rounding 'floor'"):
         swalp.quantize(torch.ones(2), FP8_E4M3, "floor")
     with pytest.raises(ValueError, match="unknown backend 'cuda'; accepted: 'auto', .*'reference'"):

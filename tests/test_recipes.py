@@ -9,7 +9,7 @@ from swalp.recipes import RECIPES, param_format
 
 
 def test_named_recipes_are_the_agreed_ones():
-    assert RECIPES == ("fp32", "paper", "paper-big-block", "fixed8", "mx", "fp8")
+    assert RECIPES == ("fp32", "paper", "paper-big-block", "paper-per-sample", "fixed8", "mx", "fp8")
     assert get_recipe("fp32").is_full_precision
 
 
@@ -21,6 +21,8 @@ def test_paper_recipe_blocks():
     assert r.rounding is swalp.Rounding.STOCHASTIC
     big = get_recipe("paper-big-block")
     assert {getattr(big, k) for k in ("weight", "activation", "error", "grad", "momentum", "acc")} == {tensor}
+    sample = get_recipe("paper-per-sample")  # QPyTorch's port: activations and errors per sample
+    assert (sample.weight, sample.activation, sample.error) == (row, row, row)
 
 
 def test_fp8_and_mx_recipes():

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import compare, demo, reproduce, train
+from . import ablation, compare, demo, reproduce, train
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = [demo, train, compare, reproduce]
+COMMANDS = [demo, train, compare, ablation, reproduce]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
 """The paper's evidence, one command each: ``compare.py`` (``swalp compare``: SGD-FP, SWA-FP,
-SGD-LP and SWALP on a network) and ``convex/`` (``swalp reproduce linreg|logreg``).
+SGD-LP and SWALP on a network), ``ablations.py`` (``swalp ablation NAME``) and ``convex/``
+(``swalp reproduce linreg|logreg``).
 
 Example:
     >>> from swalp.experiments import LABELS
@@ -7,7 +8,8 @@ Example:
     ['SGD-FP', 'SWA-FP', 'SGD-LP', 'SWALP']
 """
 
+from .ablations import ABLATIONS, ablation
 from .compare import compare
 from .methods import LABELS, METHODS
 
-__all__ = ["LABELS", "METHODS", "compare"]
+__all__ = ["ABLATIONS", "LABELS", "METHODS", "ablation", "compare"]
