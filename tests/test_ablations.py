@@ -65,7 +65,7 @@ def test_bad_input_is_a_clear_error_before_any_training(argv, message, tmp_path,
 
 
 def test_an_empty_list_of_word_lengths_is_refused():
-    with pytest.raises(ValueError, match="at least one seed and one word length, got seeds=\\[0\\], bits=\\[\\]"):
+    with pytest.raises(ValueError, match="--bits and --seeds need at least one value each, got bits=\\[\\], seeds=\\[0\\]"):
         ablation("bits", TrainConfig(**DIGITS), seeds=(0,), bits=(), progress=False, log=None)
 
 

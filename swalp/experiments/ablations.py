@@ -14,8 +14,8 @@ SWA-FP reference lines. Rows:
   per row and per sample (``paper-per-sample``, QPyTorch's port), MX blocks of 32 (``mx``).
 
 The columns of the last three are the word lengths ``bits`` (default 8 and 6). Into ``out``:
-``table.md``, ``summary.json`` (mean and standard deviation per cell, every run listed), a
-PNG plot, and ``runs/<cell>-seed<s>/``, each a run folder: a finished run is read back and
+``table.md``, ``summary.json`` (mean and standard deviation per cell, every run listed,
+``train_s`` the runs' own training time, ``wall_s`` this call's), a PNG plot, and ``runs/<cell>-seed<s>/``, each a run folder: a finished run is read back and
 a stopped one resumed, so rerunning an interrupted ablation continues it cell by cell.
 
 Example:
@@ -37,9 +37,8 @@ from tqdm.auto import tqdm
 from .._checks import check_choice
 from .._files import atomic_write, atomic_write_text, write_json
 from ..formats import get_format
-from ..recipes import get_recipe
 from ..training import TrainConfig, resolve
-from .compare import mean_std, run_one
+from .compare import check_grid, mean_std, run_one
 
 ABLATIONS = ("bits", "frequency", "avg-precision", "blocking")
 DEFAULT_BITS = {"bits": (4, 5, 6, 7, 8), "frequency": (8, 6), "avg-precision": (8, 6), "blocking": (8, 6)}
@@ -77,16 +76,7 @@ def cells(name: str, base: TrainConfig, bits) -> list[Cell]:
 
 def plan(name: str, base: TrainConfig, seeds, bits, out) -> list[tuple[Cell, int, TrainConfig]]:
     """Every run of the ablation, resolved (every error before any training)."""
-    seeds, bits = list(seeds), list(bits)
-    if not seeds or not bits:
-        raise ValueError(f"an ablation needs at least one seed and one word length, got seeds={seeds}, bits={bits}")
-    if len(set(seeds)) != len(seeds) or len(set(bits)) != len(bits):
-        raise ValueError(f"seeds and word lengths must not repeat, got seeds={seeds}, bits={bits}")
-    if get_recipe(base.recipe).is_full_precision:
-        raise ValueError(f"--recipe {base.recipe!r} is full precision; an ablation needs a low-precision recipe")
-    root = Path(out)
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"--out {str(root)!r} is a file; it must be a folder (created if missing)")
+    bits, seeds, root = check_grid(base, bits, seeds, out, "an ablation")
     runs = []
     for cell in cells(name, base, bits):
         for s in seeds:
@@ -136,7 +126,8 @@ def ablation(name: str, base: TrainConfig = TrainConfig(), seeds=(0, 1, 2), bits
 
 def _summarise(name: str, runs, results: dict, seeds, wall_s: float) -> dict:
     fp = [results[("fp32", s)] for s in seeds]
-    summary = dict(ablation=name, seeds=list(seeds), wall_s=round(wall_s, 1),
+    trained = sum(results[(cell.key, seed)].get("wall_s") or 0.0 for cell, seed, _ in runs)
+    summary = dict(ablation=name, seeds=list(seeds), wall_s=round(wall_s, 1), train_s=round(trained, 1),
                    fp32=dict(sgd_fp=mean_std([r["sgd_fp"]["test_error"] for r in fp]),
                              swa_fp=mean_std([r["swa_fp"]["test_error"] for r in fp])),
                    cells=[], runs=[])
@@ -165,8 +156,8 @@ def table(summary: dict) -> str:
     fp, st = summary["fp32"], summary["settings"]
     head = (f"Ablation `{summary['ablation']}`: test error (%), mean +- std over seeds {summary['seeds']}; "
             f"{st['model']} on {st['data']}, {st['epochs']} epochs, averaging from epoch {st['budget']}, "
-            f"lr {st['lr']}, swa_lr {st['swa_lr']}, wd {st['wd']}, batch {st['batch_size']} "
-            f"({summary['wall_s']:.0f} s). Full precision: SGD-FP {fp['sgd_fp']['mean']:.2f} +- "
+            f"lr {st['lr']}, swa_lr {st['swa_lr']}, wd {st['wd']}, batch {st['batch_size']}; "
+            f"{len(summary['runs'])} runs, {summary['train_s']:.0f} s of training. Full precision: SGD-FP {fp['sgd_fp']['mean']:.2f} +- "
             f"{fp['sgd_fp']['std']:.2f}, SWA-FP {fp['swa_fp']['mean']:.2f} +- {fp['swa_fp']['std']:.2f}.")
     by_bits = summary["ablation"] == "bits"
     lines = [head, "", "| bits | SGD-LP | SWALP |" if by_bits else f"| {ROW_TITLES[summary['ablation']]} | bits | SGD-LP | SWALP |",
@@ -191,9 +182,11 @@ def plot(path, summary: dict) -> None:
     ax.axhline(fp["swa_fp"]["mean"], color="C0", lw=1, ls="--", label="SWA-FP")
     rows = list(dict.fromkeys(c["row"] for c in summary["cells"]))
     x = {r: i for i, r in enumerate(rows)}
-    for j, b in enumerate(dict.fromkeys(c["bits"] for c in summary["cells"])):
-        group = [c for c in summary["cells"] if c["bits"] == b]
-        label = "" if summary["ablation"] == "bits" else f" ({b}-bit)"
+    by_bits = summary["ablation"] == "bits"
+    columns = [None] if by_bits else list(dict.fromkeys(c["bits"] for c in summary["cells"]))
+    for j, b in enumerate(columns):
+        group = [c for c in summary["cells"] if by_bits or c["bits"] == b]
+        label = "" if by_bits else f" ({b}-bit)"
         for key, style, name in (("sgd_lp", "o-", "SGD-LP"), ("swalp", "s--", "SWALP")):
             ax.errorbar([x[c["row"]] for c in group], [c[key]["mean"] for c in group],
                         yerr=[c[key]["std"] for c in group], fmt=style, color=f"C{2 * j + (key == 'swalp') + 1}",
@@ -201,6 +194,8 @@ def plot(path, summary: dict) -> None:
     ax.set_xticks(range(len(rows)), rows, rotation=20 if len(rows[0]) > 6 else 0, ha="right" if len(rows[0]) > 6 else "center")
     ax.set_xlabel("word length (bits)" if summary["ablation"] == "bits" else ROW_TITLES[summary["ablation"]])
     ax.set_ylabel("test error (%)")
+    if by_bits:
+        ax.set_yscale("log")  # a few bits too few and the error is tens of times the rest
     st = summary["settings"]
     ax.set_title(f"{summary['ablation']}: {st['model']} on {st['data']}, {len(summary['seeds'])} seed(s)")
     ax.grid(alpha=0.3)

@@ -50,19 +50,25 @@ class Run:
     config: TrainConfig
 
 
-def plan(base: TrainConfig, bits=(8, 6), seeds=(0, 1, 2), out="runs/compare") -> list[Run]:
-    """The runs of a comparison, each with its resolved configuration (errors before any work)."""
+def check_grid(base: TrainConfig, bits, seeds, out, command: str) -> tuple[list[int], list[int], Path]:
+    """``(bits, seeds, out)`` of a grid of runs (``swalp compare``, ``swalp ablation``), checked."""
     bits, seeds = list(bits), list(seeds)
     if not bits or not seeds:
         raise ValueError(f"--bits and --seeds need at least one value each, got bits={bits}, seeds={seeds}")
     if len(set(bits)) != len(bits) or len(set(seeds)) != len(seeds):
         raise ValueError(f"--bits and --seeds must not repeat values, got bits={bits}, seeds={seeds}")
     if get_recipe(base.recipe).is_full_precision:
-        raise ValueError(f"--recipe {base.recipe!r} is full precision; compare needs a low-precision recipe "
+        raise ValueError(f"--recipe {base.recipe!r} is full precision; {command} needs a low-precision recipe "
                          f"(e.g. 'paper') for the SGD-LP and SWALP columns")
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise ValueError(f"--out {str(root)!r} is a file; it must be a folder (created if missing)")
+    return bits, seeds, root
+
+
+def plan(base: TrainConfig, bits=(8, 6), seeds=(0, 1, 2), out="runs/compare") -> list[Run]:
+    """The runs of a comparison, each with its resolved configuration (errors before any work)."""
+    bits, seeds, root = check_grid(base, bits, seeds, out, "compare")
     runs = [Run(f"fp32-seed{s}", None, s, dataclasses.replace(base, recipe="fp32", bits=None, seed=s)) for s in seeds]
     runs += [Run(f"{base.recipe}-{b}bit-seed{s}", b, s, dataclasses.replace(base, bits=b, seed=s))
              for b in bits for s in seeds]
