@@ -29,8 +29,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
 import time
 from pathlib import Path
+
+import torch
 
 from tqdm.auto import tqdm
 
@@ -144,11 +148,23 @@ def _summarise(name: str, runs, results: dict, seeds, wall_s: float) -> dict:
         r = results[(cell.key, seed)]
         summary["runs"].append(dict(cell=cell.key, seed=seed, sgd=r["sgd"]["test_error"],
                                     average=r["average"]["test_error"], wall_s=r.get("wall_s")))
+    summary["machine"] = _machine()
     c = runs[-1][2]
     summary["settings"] = dict(model=c.model, data=c.data, epochs=c.epochs, budget=c.budget, lr=c.lr,
                                swa_lr=c.swa_lr, wd=c.wd, batch_size=c.batch_size, recipe=runs[-1][0].changes.get(
                                    "recipe", c.recipe))
     return summary
+
+
+def _machine() -> dict:
+    """Where the numbers came from: CPU model (Linux), cores, platform, torch."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return dict(cpu=cpu, cores=os.cpu_count(), platform=platform.platform(), torch=torch.__version__)
 
 
 def table(summary: dict) -> str:
@@ -157,7 +173,8 @@ def table(summary: dict) -> str:
     head = (f"Ablation `{summary['ablation']}`: test error (%), mean +- std over seeds {summary['seeds']}; "
             f"{st['model']} on {st['data']}, {st['epochs']} epochs, averaging from epoch {st['budget']}, "
             f"lr {st['lr']}, swa_lr {st['swa_lr']}, wd {st['wd']}, batch {st['batch_size']}; "
-            f"{len(summary['runs'])} runs, {summary['train_s']:.0f} s of training. Full precision: SGD-FP {fp['sgd_fp']['mean']:.2f} +- "
+            f"{len(summary['runs'])} runs, {summary['train_s']:.0f} s of training on {summary['machine']['cpu']} "
+            f"({summary['machine']['cores']} cores). Full precision: SGD-FP {fp['sgd_fp']['mean']:.2f} +- "
             f"{fp['sgd_fp']['std']:.2f}, SWA-FP {fp['swa_fp']['mean']:.2f} +- {fp['swa_fp']['std']:.2f}.")
     by_bits = summary["ablation"] == "bits"
     lines = [head, "", "| bits | SGD-LP | SWALP |" if by_bits else f"| {ROW_TITLES[summary['ablation']]} | bits | SGD-LP | SWALP |",
