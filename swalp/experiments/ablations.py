@@ -21,7 +21,7 @@ a stopped one resumed, so rerunning an interrupted ablation continues it cell by
 Example:
     >>> from swalp.training import TrainConfig
     >>> s = ablation("bits", TrainConfig(data="digits", epochs=3, budget=2), seeds=(0,), bits=(6,),
-    ...              out="/tmp/swalp-ablation-doc", progress=False)
+    ...              out="/tmp/swalp-ablation-doc", progress=False, log=None)
     >>> [c["row"] for c in s["cells"]], sorted(s["fp32"])
     (['6'], ['sgd_fp', 'swa_fp'])
 """
