@@ -28,7 +28,7 @@ import enum
 from dataclasses import dataclass, field, fields
 from typing import Union
 
-from ._checks import check_int
+from ._checks import check_bool, check_int
 
 __all__ = [
     "BFLOAT16", "FLOAT16", "FORMAT_TYPES", "FP8_E4M3", "FP8_E5M2", "MXFP4_E2M1", "MXFP6_E2M3", "MXFP6_E3M2",
@@ -97,7 +97,9 @@ class PerGroup:
     axis: int = -1
 
     def __post_init__(self):
-        check_int("block size", self.size, 1)
+        # Bounded so that no kernel parameter overflows; a tile longer than its axis is one
+        # tile of the whole axis, costing nothing extra (swalp/ops/_reference.py block_absmax).
+        check_int("block size", self.size, 1, 2**31 - 1)
         check_int("axis", self.axis, -64, 63)
 
 
@@ -177,6 +179,7 @@ class BlockFloat:
         check_int("wl", self.wl, 2, 32)
         check_int("ebits", self.ebits, 1, 8)
         _check_block(self.block)
+        check_bool("symmetric", self.symmetric)
 
     def __repr__(self) -> str:
         extra = ", symmetric=True" if self.symmetric else ""
@@ -230,6 +233,8 @@ class FloatFormat:
     def __post_init__(self):
         check_int("exp", self.exp, 2, 8)
         check_int("man", self.man, 0, 23)
+        for flag in ("finite_only", "saturate", "has_nan"):
+            check_bool(flag, getattr(self, flag))
         if not self.has_nan and not self.finite_only:
             raise ValueError("has_nan=False needs finite_only=True: an IEEE-style top exponent holds inf and NaN")
         if self.finite_only and self.has_nan and self.man == 0:

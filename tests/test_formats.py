@@ -41,8 +41,8 @@ BAD = [
     (lambda: BlockFloat(8, ebits=0), ["ebits must be an integer in [1, 8], got 0"]),
     (lambda: BlockFloat(8, ebits=9), ["ebits must be an integer in [1, 8], got 9"]),
     (lambda: BlockFloat(8, block="row"), ["'row'", "PerTensor()", "PerAxis(axis)", "PerGroup(size, axis)"]),
-    (lambda: PerGroup(0), ["block size must be an integer >= 1, got 0"]),
-    (lambda: PerGroup(-4), ["block size must be an integer >= 1, got -4"]),
+    (lambda: PerGroup(0), ["block size must be an integer in [1, 2147483647], got 0"]),
+    (lambda: PerGroup(-4), ["block size must be an integer in [1, 2147483647], got -4"]),
     (lambda: PerAxis(64), ["axis must be an integer in [-64, 63], got 64"]),
     (lambda: PerGroup(32, axis="last"), ["axis must be an integer in [-64, 63], got 'last'"]),
     (lambda: FloatFormat(1, 3), ["exp must be an integer in [2, 8], got 1"]),
@@ -53,7 +53,7 @@ BAD = [
     (lambda: FloatFormat(4, 3, has_nan=False), ["has_nan=False", "finite_only=True"]),
     (lambda: MXFloat("e4m3"), ["element", "FloatFormat", "'e4m3'"]),
     (lambda: MXFloat(FP8_E4M3, ebits=0), ["ebits must be an integer in [1, 8], got 0"]),
-    (lambda: MXFloat(FP8_E4M3, block=PerGroup(0)), ["block size must be an integer >= 1, got 0"]),
+    (lambda: MXFloat(FP8_E4M3, block=PerGroup(0)), ["block size must be an integer in [1, 2147483647], got 0"]),
     (lambda: get_format("fp9"), ["'fp9'", "accepted", "e4m3", "mxint8", "bf16"]),
     (lambda: get_format(None), ["None", "accepted"]),
     (lambda: Rounding.parse("up"), ["'up'", "'nearest'", "'stochastic'"]),
@@ -294,3 +294,20 @@ def test_fixed_point_grid_size_is_two_to_the_wl(wl, fl):
     fmt = FixedPoint(wl, fl)
     values = produced_values(fmt, fmt.min_value - 1, fmt.max_value + 1, n=4001)
     assert values == [k * fmt.gap for k in range(-(2 ** (wl - 1)), 2 ** (wl - 1))]
+
+
+def test_flags_are_booleans_and_group_sizes_bounded():
+    from swalp.formats import BlockFloat, FloatFormat, PerGroup
+
+    with pytest.raises(ValueError, match="saturate must be True or False, got 'no'"):
+        FloatFormat(8, 23, saturate="no")
+    with pytest.raises(ValueError, match="finite_only must be True or False, got 1"):
+        FloatFormat(4, 3, finite_only=1)
+    with pytest.raises(ValueError, match="has_nan must be True or False, got None"):
+        FloatFormat(4, 3, finite_only=True, has_nan=None)
+    with pytest.raises(ValueError, match="symmetric must be True or False, got 'yes'"):
+        BlockFloat(8, symmetric="yes")
+    for size in (2**31, 2**40, 2**63, 2**70):
+        with pytest.raises(ValueError, match=f"block size must be an integer in \\[1, 2147483647\\], got {size}"):
+            PerGroup(size)
+    assert PerGroup(2**31 - 1).size == 2**31 - 1

@@ -800,3 +800,28 @@ def test_quantize_defaults_to_nearest_and_needs_no_grad_inside_no_grad():
     assert torch.equal(swalp.quantize(x, FixedPoint(4, 1)).detach(), torch.tensor([0.5, 0.5]))  # nearest: no randomness
     with torch.no_grad():
         assert swalp.quantize(x, FixedPoint(4, 1)).grad_fn is None
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_sparse_and_nested_inputs_are_clear_errors_from_every_entry_point(backend):
+    dense = torch.randn(4, 5)
+    inputs = {"sparse_coo": dense.to_sparse(), "sparse_csr": dense.to_sparse_csr(),
+              "nested": torch.nested.nested_tensor([torch.randn(2), torch.randn(3)])}
+    for kind, x in inputs.items():
+        message = f"cannot quantize a {kind} tensor; accepted: dense \\(torch.strided\\) tensors"
+        with pytest.raises(ValueError, match=message):
+            swalp.quantize(x, "bfp8", backend=backend)
+        with pytest.raises(ValueError, match=message):
+            swalp.pack(x, "bfp8", backend=backend)
+        with pytest.raises(ValueError, match=message):
+            swalp.Quantizer("bfp8", "bfp8")(x)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_a_tile_longer_than_its_axis_is_the_whole_axis_at_no_cost(backend):
+    from swalp.formats import PerAxis, PerGroup
+
+    x = torch.randn(3, 70)
+    row = swalp.quantize(x, BlockFloat(8, block=PerAxis(0)), backend="reference")
+    for size in (70, 71, 2**26, 2**31 - 1):  # 2**26 padded each row to 64M elements before
+        assert torch.equal(swalp.quantize(x, BlockFloat(8, block=PerGroup(size)), backend=backend), row)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from .._rng import check_generator, draw_seed
 from ..formats import Format, Rounding, get_format
-from ..ops._dispatch import FLOAT_DTYPES, dispatch, pick_backend
+from ..ops._dispatch import FLOAT_DTYPES, check_dense, dispatch, pick_backend
 from ..ops.packed import pack
 from .saved import active, packs
 
@@ -149,6 +149,7 @@ class Quantizer(nn.Module):
         fwd, bwd = self._forward_format, self._backward_format
         if not self.enabled or (fwd is None and bwd is None):
             return x
+        check_dense(x)
         if x.dtype not in FLOAT_DTYPES:
             raise ValueError(f"cannot quantize a {x.dtype} tensor; accepted dtypes: float16, bfloat16, float32, float64")
         compiling = torch.compiler.is_compiling()

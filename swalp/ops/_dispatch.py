@@ -152,10 +152,18 @@ def quantize(
     return dispatch(x, fmt, rounding, seed, backend)
 
 
+def check_dense(x: Tensor) -> None:
+    """A ValueError for a sparse or nested tensor: every backend rounds dense (strided) tensors."""
+    if x.layout is not torch.strided or x.is_nested:
+        kind = "nested" if x.is_nested else str(x.layout).replace("torch.", "")
+        raise ValueError(f"cannot quantize a {kind} tensor; accepted: dense (torch.strided) tensors, e.g. x.to_dense()")
+
+
 def check_args(x, fmt, rounding, seed) -> tuple[Format, Rounding, int | None]:
     """:func:`quantize`'s argument checks; returns the format, rounding and seed as objects."""
     if not isinstance(x, Tensor):
         raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_dense(x)
     if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"cannot quantize a {x.dtype} tensor; accepted dtypes: float16, bfloat16, float32, float64")
     fmt = get_format(fmt)

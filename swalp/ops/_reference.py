@@ -117,7 +117,8 @@ def block_absmax(x: Tensor, block) -> Tensor:
         return a.amax(dim=dims, keepdim=True).expand_as(x) if dims else a
     assert isinstance(block, PerGroup)
     a = a.movedim(axis, -1)
-    n, k = a.shape[-1], block.size
+    n = a.shape[-1]
+    k = min(block.size, n)  # a tile longer than the axis is the whole axis: no padding to its size
     pad = (-n) % k
     t = torch.nn.functional.pad(a, (0, pad)).unflatten(-1, (-1, k))
     m = t.amax(dim=-1, keepdim=True).expand_as(t).flatten(-2)[..., :n]
