@@ -102,3 +102,13 @@ def test_reduced_bits_ablation_swalp_stays_near_full_precision_down_to_6_bits(tm
 
 SLOW_SWALP_ROOM = 0.5
 SLOW_SGD_LP_GAP = 1.0
+
+
+def test_a_folder_holding_other_settings_runs_is_an_error_unless_overwrite(tmp_path):
+    out = tmp_path / "abl"
+    ablation("bits", TrainConfig(**DIGITS), seeds=(0,), bits=(6,), out=out, progress=False, log=None)
+    other = TrainConfig(**{**DIGITS, "epochs": 4})
+    with pytest.raises(ValueError, match="holds a run .*--overwrite replaces it"):
+        ablation("bits", other, seeds=(0,), bits=(6,), out=out, progress=False, log=None)
+    s = ablation("bits", other, seeds=(0,), bits=(6,), out=out, progress=False, log=None, overwrite=True)
+    assert s["settings"]["epochs"] == 4

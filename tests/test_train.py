@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from swalp.training.checkpoint import load_checkpoint, save_checkpoint
+from swalp.cli import main
 from swalp.training import Diverged, TrainConfig, resolve, train
 
 # 160 training images, batch 32: 5 steps per epoch; about a tenth of a second an epoch.
@@ -229,10 +230,26 @@ def test_packed_storage_gives_the_same_run_and_resumes_across_storages(tmp_path)
 def test_a_run_that_cannot_start_leaves_the_earlier_run_in_its_folder(tmp_path):
     run(tiny(tmp_path))
     before = sorted(p.name for p in (tmp_path / "run").iterdir())
-    with pytest.raises(FileNotFoundError, match="cifar10"):
-        run(tiny(tmp_path, data="cifar10", model="vgg16", data_dir=str(tmp_path / "no-cifar-here")))
+    with pytest.raises(FileNotFoundError, match="cifar10"):  # even when told to overwrite
+        run(tiny(tmp_path, data="cifar10", model="vgg16", data_dir=str(tmp_path / "no-cifar-here")), overwrite=True)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before  # nothing deleted
     assert not (tmp_path / "no-cifar-here").exists()
+
+
+def test_a_folder_that_holds_a_run_is_never_replaced_unasked(tmp_path, capsys):
+    first = run(tiny(tmp_path))
+    ckpt = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match="holds a run \\(checkpoint.pt, summary.json.*--resume .* continues it, "
+                                         "--overwrite replaces it, or give another --out"):
+        run(tiny(tmp_path, seed=5))
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == ckpt  # untouched
+    out = str(tmp_path / "run")
+    assert main(["train", "--data", "digits", "--model", "cnn", "--epochs", "3", "--budget", "2", "--out", out,
+                 "--no-progress"]) == 2
+    assert "--overwrite replaces it" in capsys.readouterr().err
+    again = run(tiny(tmp_path), overwrite=True)
+    drop = lambda s: {k: v for k, v in s.items() if k != "wall_s"}  # noqa: E731
+    assert drop(again) == drop(first)
 
 
 def test_comm_on_one_process_says_it_does_nothing_and_changes_nothing(tmp_path):

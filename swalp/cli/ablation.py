@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
                    help="word lengths: the rows of 'bits' (default 4 5 6 7 8), the columns of the others (default 8 6)")
     g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     g.add_argument("--out", default=None, help="output folder (default runs/ablation-NAME)")
+    g.add_argument("--overwrite", action="store_true", help="replace runs in --out made with other settings")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -34,5 +35,5 @@ def run(args) -> int:
     check_choice("ablation", args.name, ABLATIONS)
     base = config_from_args(args, **({"recipe": args.recipe} if args.recipe else {}))
     bits = DEFAULT_BITS[args.name] if args.bits is None else args.bits
-    ablation(args.name, base, seeds=args.seeds, bits=bits, out=args.out, progress=args.progress)
+    ablation(args.name, base, seeds=args.seeds, bits=bits, out=args.out, progress=args.progress, overwrite=args.overwrite)
     return 0

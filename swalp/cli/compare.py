@@ -23,11 +23,12 @@ def add_parser(sub) -> None:
     g.add_argument("--bits", type=int, nargs="+", default=[8, 6], help="word lengths (default 8 6)")
     g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     g.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
+    g.add_argument("--overwrite", action="store_true", help="replace runs in --out made with other settings")
     g.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes (default 1)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     base = config_from_args(args, **({"recipe": args.recipe} if args.recipe else {}))
-    compare(base, bits=args.bits, seeds=args.seeds, out=args.out, jobs=args.jobs)
+    compare(base, bits=args.bits, seeds=args.seeds, out=args.out, jobs=args.jobs, overwrite=args.overwrite)
     return 0

@@ -84,6 +84,7 @@ def add_parser(sub) -> None:
     g.add_argument("--out", default=None, help=f"output folder (default {_D.out}; an earlier run there is overwritten)")
     g.add_argument("--resume", metavar="DIR", default=None, help="continue the run saved in DIR (its --out); other flags but --device are taken from it")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (lines per epoch only)")
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in --out (without it: an error)")
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop after this epoch
     p.set_defaults(func=run)
 
@@ -99,7 +100,7 @@ def run(args) -> int:
         resolve(config)  # every bad value fails here, before data or model are built
     try:
         train(config, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
-              stop_after=args.stop_after)
+              stop_after=args.stop_after, overwrite=args.overwrite)
     except Diverged as err:
         print(f"swalp train: {err}", file=sys.stderr)
         return 1

@@ -92,7 +92,7 @@ def plan(name: str, base: TrainConfig, seeds, bits, out) -> list[tuple[Cell, int
 
 
 def ablation(name: str, base: TrainConfig = TrainConfig(), seeds=(0, 1, 2), bits=None, out=None,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, overwrite: bool = False) -> dict:
     """Run (or read back) ablation ``name`` and write its table, plot and summary into ``out``.
 
     Args:
@@ -103,6 +103,7 @@ def ablation(name: str, base: TrainConfig = TrainConfig(), seeds=(0, 1, 2), bits
         out: output folder (default ``runs/ablation-<name>``).
         progress: a progress bar over the runs.
         log: receives the finished table; None for silence.
+        overwrite: replace runs in ``out`` made with other settings (without it: an error).
 
     Returns:
         the summary (also ``out/summary.json``).
@@ -117,7 +118,7 @@ def ablation(name: str, base: TrainConfig = TrainConfig(), seeds=(0, 1, 2), bits
     out.mkdir(parents=True, exist_ok=True)
     started, results = time.time(), {}
     for cell, seed, config in tqdm(runs, desc=f"ablation {name}", unit="run", disable=not progress):
-        results[(cell.key, seed)] = run_one(config)
+        results[(cell.key, seed)] = run_one(config, overwrite)
     summary = _summarise(name, runs, results, seeds, time.time() - started)
     atomic_write_text(out / "table.md", table(summary))
     plot(out / f"{name}.png", summary)

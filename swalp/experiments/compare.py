@@ -76,9 +76,10 @@ def plan(base: TrainConfig, bits=(8, 6), seeds=(0, 1, 2), out="runs/compare") ->
             for r in runs]
 
 
-def run_one(config: TrainConfig) -> dict:
+def run_one(config: TrainConfig, overwrite: bool = False) -> dict:
     """Train ``config`` unless its folder already holds it: finished (read the summary) or
-    stopped (resume). Returns the summary plus the per-epoch metrics under ``"metrics"``."""
+    stopped (resume). A folder holding another configuration's run is an error unless
+    ``overwrite``. Returns the summary plus the per-epoch metrics under ``"metrics"``."""
     out = Path(config.out)
     saved = out / "config.json"
     same = saved.exists() and json.loads(saved.read_text()) == dataclasses.asdict(config)
@@ -87,7 +88,7 @@ def run_one(config: TrainConfig) -> dict:
     elif same and (out / "checkpoint.pt").exists():
         summary = train(config, resume=str(out), progress=False, log=None)
     else:
-        summary = train(config, progress=False, log=None)
+        summary = train(config, progress=False, log=None, overwrite=overwrite)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {**summary, "metrics": metrics}
 
@@ -167,7 +168,7 @@ def plot(path, runs: list[Run], results: dict[str, dict], bits) -> None:
 
 
 def compare(base: TrainConfig = TrainConfig(), bits=(8, 6), seeds=(0, 1, 2), out="runs/compare",
-            jobs: int = 1, log=print) -> dict:
+            jobs: int = 1, log=print, overwrite: bool = False) -> dict:
     """Run (or read back) every run of the comparison and write table, plot and summary.
 
     Args:
@@ -178,6 +179,7 @@ def compare(base: TrainConfig = TrainConfig(), bits=(8, 6), seeds=(0, 1, 2), out
         out: output folder.
         jobs: runs trained at once in separate processes (each uses ``base.threads`` threads).
         log: receives a line per finished run; None for silence.
+        overwrite: replace runs in ``out`` made with other settings (without it: an error).
 
     Returns:
         the summary (also in ``out/summary.json``).
@@ -196,11 +198,11 @@ def compare(base: TrainConfig = TrainConfig(), bits=(8, 6), seeds=(0, 1, 2), out
 
     if jobs == 1:
         for r in runs:
-            done(r, run_one(r.config))
+            done(r, run_one(r.config, overwrite))
     else:
         # "spawn": a fresh interpreter per worker, so no forked OpenMP or torch state.
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = {r.name: pool.submit(run_one, r.config) for r in runs}
+            futures = {r.name: pool.submit(run_one, r.config, overwrite) for r in runs}
             for r in runs:
                 done(r, futures[r.name].result())
 

@@ -8,7 +8,8 @@
 
 Example:
     >>> from swalp.training import TrainConfig, start, fit
-    >>> run = start(TrainConfig(data="digits", epochs=2, budget=1, limit_train=64, out="/tmp/swalp-run"), log=None)
+    >>> run = start(TrainConfig(data="digits", epochs=2, budget=1, limit_train=64, out="/tmp/swalp-run"), log=None,
+    ...             overwrite=True)  # the folder may hold this example's earlier run
     >>> summary = fit(run, progress=False, log=None)
     >>> run.epoch, int(run.average.n_averaged)  # averaged at the end of epochs 1 and 2
     (2, 2)

@@ -20,7 +20,8 @@ A run writes into ``config.out``:
 
 Example:
     >>> from swalp.training import TrainConfig, train
-    >>> s = train(TrainConfig(data="digits", epochs=3, budget=2, out="/tmp/swalp-doc"), progress=False, log=None)
+    >>> s = train(TrainConfig(data="digits", epochs=3, budget=2, out="/tmp/swalp-doc"), progress=False, log=None,
+    ...           overwrite=True)  # replace this example's earlier run, if any
     >>> sorted(s["swalp"])
     ['epoch', 'n_averaged', 'test_error']
 
@@ -119,7 +120,7 @@ class Run:
 
 
 def train(config: TrainConfig = TrainConfig(), *, resume: str | None = None, progress: bool = True,
-          log=print, stop_after: int | None = None) -> dict:
+          log=print, stop_after: int | None = None, overwrite: bool = False) -> dict:
     """Train, average and evaluate as ``config`` says; write the run into ``config.out``.
 
     Args:
@@ -130,6 +131,8 @@ def train(config: TrainConfig = TrainConfig(), *, resume: str | None = None, pro
         progress: show a tqdm progress bar.
         log: ``log(line)`` receives a line per epoch; None for silence.
         stop_after: stop (as if killed) after saving this epoch; for tests and time limits.
+        overwrite: a fresh run may replace the run already in ``config.out`` (without it,
+            a folder that holds a run is an error: nothing is ever deleted unasked).
 
     Under torchrun every rank calls it with the same arguments (``distributed.py``); only
     rank 0 writes files, logs and shows progress.
@@ -139,11 +142,13 @@ def train(config: TrainConfig = TrainConfig(), *, resume: str | None = None, pro
         by ``stop_after`` returns ``{"stopped_after": epoch}``.
 
     Raises:
-        ValueError: bad settings, a corrupt or foreign checkpoint (before any training).
+        ValueError: bad settings, a corrupt or foreign checkpoint, an ``out`` that holds a
+            run without ``overwrite`` (all before any training).
         FileNotFoundError: ``resume`` holds no checkpoint.
         Diverged: the loss became NaN or inf (the last good checkpoint stays in place).
     """
-    return fit(start(config, resume=resume, log=log), progress=progress, log=log, stop_after=stop_after)
+    return fit(start(config, resume=resume, log=log, overwrite=overwrite), progress=progress, log=log,
+               stop_after=stop_after)
 
 
 def fit(run: Run, *, progress: bool = True, log=print, stop_after: int | None = None) -> dict:
@@ -172,7 +177,7 @@ def fit(run: Run, *, progress: bool = True, log=print, stop_after: int | None = 
 # ----------------------------------------------------------------------------- building a run
 
 
-def start(config: TrainConfig = TrainConfig(), *, resume: str | None = None, log=print) -> Run:
+def start(config: TrainConfig = TrainConfig(), *, resume: str | None = None, log=print, overwrite: bool = False) -> Run:
     """Check ``config``, build the run (or restore it from ``resume``) and write its config.
 
     Under torchrun this joins the process group (``distributed.init``).
@@ -186,6 +191,8 @@ def start(config: TrainConfig = TrainConfig(), *, resume: str | None = None, log
             raise ValueError(f"checkpoint in {resume} has an incompatible configuration ({err})") from None
         config = dataclasses.replace(saved, device=config.device, out=str(resume))
     cfg = resolve(config)
+    if state is None and not overwrite:
+        check_out_is_free(Path(cfg.out))
     device = distributed.init(pick_device(cfg.device))  # under torchrun: join the group; this rank's GPU
     log = (log or _silent) if distributed.is_main() else _silent
     if cfg.threads is not None:
@@ -230,9 +237,17 @@ def build(cfg: TrainConfig, device: torch.device) -> Run:
     return Run(cfg, device, recipe, data, train_set, test_set, model, net, optimizer, scheduler, average, comm)
 
 
+def check_out_is_free(out: Path) -> None:
+    """A ValueError if ``out`` holds a run (finished or stopped): a fresh run never replaces one unasked."""
+    held = [f for f in RUN_FILES if (out / f).exists()]
+    if held:
+        raise ValueError(f"--out {str(out)!r} holds a run ({', '.join(held)}); --resume {out} continues it, "
+                         f"--overwrite replaces it, or give another --out")
+
+
 def _prepare_out(out: Path, fresh: bool, log) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    if fresh:  # a fresh run replaces an earlier one here, so --resume can never mix the two
+    if fresh:  # (with overwrite) a fresh run replaces an earlier one here, so --resume can never mix the two
         stale = [out / f for f in RUN_FILES if (out / f).exists()]
         for f in stale:
             f.unlink()
