@@ -396,3 +396,39 @@ def test_the_output_pool_keeps_freed_outputs_up_to_its_cap():
         cpu.set_output_pool(old)
     with pytest.raises(ValueError, match="cap_bytes must be an integer >= 0, got -1"):
         cpu.set_output_pool(-1)
+
+
+def test_the_build_cache_is_keyed_by_the_environment_and_locked(tmp_path, monkeypatch):
+    from swalp.ops.cpu import _build
+
+    monkeypatch.setenv("SWALP_CACHE_DIR", str(tmp_path))
+    here = _build.build_dir()
+    monkeypatch.setattr(_build, "_include_paths", lambda: ["/another/venv/site-packages/torch/include"])
+    assert _build.build_dir() != here  # another environment's torch headers: another folder
+    monkeypatch.undo()
+    monkeypatch.setenv("SWALP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_build, "compiler_version", lambda: "c++: some other compiler 1.0")
+    assert _build.build_dir() != here
+    folder = tmp_path / "cpp-x"
+    folder.mkdir()
+    (folder / "lock").write_text("")  # torch's baton, left by a build that was killed
+    with _build.build_lock(folder):
+        assert not (folder / "lock").exists()
+    if sys.platform.startswith("linux"):  # another process waits for the lock, and gets it when this one dies
+        holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import fcntl, time
+            f = open({str(tmp_path / 'cpp-x.lock')!r}, "a"); fcntl.flock(f, fcntl.LOCK_EX)
+            print("held", flush=True); time.sleep(60)""")], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        waiter = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            from pathlib import Path
+            from swalp.ops.cpu._build import build_lock
+            with build_lock(Path({str(folder)!r})):
+                print("got it")""")], stdout=subprocess.PIPE, text=True)
+        try:
+            waiter.wait(timeout=3)
+            pytest.fail("the lock was not held")
+        except subprocess.TimeoutExpired:
+            pass
+        holder.kill()  # a crash mid-build
+        assert waiter.communicate(timeout=60)[0].strip() == "got it"

@@ -3,7 +3,8 @@
 Nothing is compiled at ``import swalp``: the first CPU quantization builds the kernels
 with :func:`torch.utils.cpp_extension.load` (about a minute, once) into a per-user cache,
 ``$SWALP_CACHE_DIR`` or ``~/.cache/swalp`` (``$XDG_CACHE_HOME/swalp``), in a folder named
-by a hash of the source, the compiler flags, the Python and torch versions; later
+by a hash of the source, the compiler and its flags, the Python (and its environment's torch
+headers) and torch versions, built by one process at a time (a file lock); later
 processes load the cached library in well under a second (:func:`swalp._files.cache_dir`). Without a working compiler
 (or ninja) the backend warns once and computes with the reference instead, so results
 are the same, only slower.
@@ -21,14 +22,22 @@ Not public: ``swalp/ops/cpu/__init__.py`` makes the "cpp" backend of it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import threading
 import warnings
 from pathlib import Path
+from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: builds are not serialised across processes there
+    fcntl = None
 
 import torch
 
@@ -67,13 +76,52 @@ def openmp_flags() -> list[str]:
 
 
 def build_dir() -> Path:
-    """The cache folder of this source, these flags, this Python and this torch."""
+    """The cache folder of everything that changes the binary or its build command: the
+    sources, the flags, the compiler, this Python (its ABI and its environment's torch
+    headers, whose paths are in the build command) and torch's version. Two virtual
+    environments therefore never rebuild each other's kernels."""
     key = hashlib.sha256()
     for source in SOURCES + HEADERS:
         key.update(source.read_bytes())
     key.update(" ".join(cflags()).encode())
-    key.update(f"{torch.__version__} {sys.version_info[:2]} {platform.machine()}".encode())
+    key.update(f"{torch.__version__} {sys.implementation.cache_tag} {sys.version_info[:3]} {platform.machine()}".encode())
+    key.update(" ".join(_include_paths()).encode())
+    key.update(compiler_version().encode())
     return cache_dir() / f"cpp-{key.hexdigest()[:16]}"
+
+
+def _include_paths() -> list[str]:
+    from torch.utils import cpp_extension
+
+    return cpp_extension.include_paths()
+
+
+def compiler_version() -> str:
+    """``$CXX --version`` (or ``c++``'s), the first line; empty without a compiler."""
+    compiler = (os.environ.get("CXX") or "c++").split()[0]
+    try:
+        done = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{compiler}: {(done.stdout.strip().splitlines() or [''])[0]}"
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path) -> Iterator[None]:
+    """One build at a time per cache folder, across processes: an exclusive ``flock`` on a
+    file beside it, which the system releases when its holder dies, so a crash mid-build
+    never blocks the next one. torch's own lock file inside the folder (``lock``, left
+    behind by a killed build, on which torch would wait forever) is removed under it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (folder / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @torch.compiler.assume_constant_result  # torch.compile: run while tracing, a constant in the graph
@@ -94,16 +142,8 @@ def load() -> bool:
                 if not cpp_extension.is_ninja_available():
                     raise RuntimeError("ninja is not installed (pip install ninja)")
                 folder = build_dir()
-                folder.mkdir(parents=True, exist_ok=True)
-                cpp_extension.load(
-                    name="swalp_cpp_" + folder.name[4:],
-                    sources=[str(source) for source in SOURCES],
-                    extra_cflags=cflags(),
-                    extra_ldflags=openmp_flags(),
-                    build_directory=str(folder),
-                    is_python_module=False,
-                    verbose=False,
-                )
+                with build_lock(folder):
+                    _load(cpp_extension, folder)
                 _state = "ok"
             except Exception as err:  # no compiler, no ninja, a broken toolchain
                 lines = str(err).strip().splitlines() or [""]
@@ -116,6 +156,18 @@ def load() -> bool:
                     stacklevel=4,  # the caller of swalp.quantize
                 )
     return _state == "ok"
+
+
+def _load(cpp_extension, folder: Path) -> None:
+    cpp_extension.load(
+        name="swalp_cpp_" + folder.name[4:],
+        sources=[str(source) for source in SOURCES],
+        extra_cflags=cflags(),
+        extra_ldflags=openmp_flags(),
+        build_directory=str(folder),
+        is_python_module=False,
+        verbose=False,
+    )
 
 
 def failed() -> bool:
