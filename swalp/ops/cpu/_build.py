@@ -34,14 +34,14 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+import torch
+
+from ..._files import cache_dir
+
 try:
     import fcntl
 except ImportError:  # not POSIX: builds are not serialised across processes there
     fcntl = None
-
-import torch
-
-from ..._files import cache_dir
 
 _CSRC = Path(__file__).with_name("csrc")
 SOURCES = [_CSRC / name for name in ("quantize.cpp", "pack.cpp", "unpack.cpp", "output.cpp", "ste.cpp")]
