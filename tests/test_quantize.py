@@ -825,3 +825,43 @@ def test_a_tile_longer_than_its_axis_is_the_whole_axis_at_no_cost(backend):
     row = swalp.quantize(x, BlockFloat(8, block=PerAxis(0)), backend="reference")
     for size in (70, 71, 2**26, 2**31 - 1):  # 2**26 padded each row to 64M elements before
         assert torch.equal(swalp.quantize(x, BlockFloat(8, block=PerGroup(size)), backend=backend), row)
+
+
+# ----------------------------------------------------------------------------- fuzz: backends at the edges
+
+EXTREMES = [3.4028234663852886e38, -3.4028234663852886e38, 1.1754943508222875e-38, 1e-45, -1e-45, 0.0, -0.0,
+            float("inf"), -float("inf"), float("nan"), 1.0, -0.75, 65504.0, 2.0**127, -(2.0**-126), 3e-41]
+
+
+@PROPERTY
+@given(fmt=formats, shape=st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple),
+       picks=st.lists(st.integers(0, len(EXTREMES) - 1), min_size=1, max_size=40), zero_block=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+       view=st.sampled_from(["contiguous", "transposed", "expanded"]), rounding=st.sampled_from(["nearest", "stochastic"]))
+def test_fuzz_the_cpp_backend_equals_the_reference_at_the_edges(fmt, shape, picks, zero_block, dtype, view, rounding):
+    """Extreme magnitudes (float32's max and min, subnormals, +-inf, NaN, -0.0, all-zero
+    blocks), every dtype, strided and expanded views: the C++ kernels give the reference's
+    bits, and neither touches its input."""
+    if not swalp.ops.cpu.load():
+        pytest.skip("needs the C++ kernels")
+    n = math.prod(shape)
+    values = torch.tensor([EXTREMES[picks[i % len(picks)]] for i in range(n)], dtype=torch.float64).view(shape)
+    if zero_block:
+        values.view(-1)[: max(1, n // 2)] = 0.0
+    x = values.to(dtype)
+    if view == "transposed" and x.dim() >= 2:
+        x = x.transpose(0, -1)
+    elif view == "expanded":
+        x = x[..., :1].expand(*x.shape[:-1], 3)
+    fmt = fit_block(fmt, x.dim())
+    before = x.clone()
+    ref = swalp.quantize(x, fmt, rounding, seed=5, backend="reference")
+    fast = swalp.quantize(x, fmt, rounding, seed=5, backend="cpp")
+    assert ref.dtype == fast.dtype == x.dtype and torch.equal(ref.isnan(), fast.isnan())
+    assert torch.equal(_bits(ref), _bits(fast))  # -0.0 and +0.0 apart, infinities included
+    assert torch.equal(_bits(x), _bits(before)) and torch.equal(x.isnan(), before.isnan())
+
+
+def _bits(t):
+    """The exact bits of ``t``'s values (exactly representable in float64), NaN as 0."""
+    return torch.where(t.isnan(), torch.zeros_like(t), t).double().contiguous().view(torch.int64)
