@@ -67,8 +67,8 @@ class BFPCommState:
 
     Args:
         fmt: a :class:`~swalp.formats.BlockFloat` of at most 8 bits (or its name), whose
-            blocking is ``PerGroup(size)`` (blocks of ``size`` elements of the flat bucket) or
-            ``PerTensor()`` (one block per bucket). Default: 8 bits, blocks of 256.
+            blocking is ``PerGroup(size)`` (blocks of ``size`` elements of each gradient,
+            flattened) or ``PerTensor()`` (one block per gradient). Default: 8 bits, blocks of 256.
         seed: base of every rounding's seed: (seed, step, parameter, rank), and (seed, step,
             parameter) for the mean's rounding.
         rounding: "stochastic" (unbiased; the default) or "nearest".
