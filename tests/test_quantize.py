@@ -865,3 +865,30 @@ def test_fuzz_the_cpp_backend_equals_the_reference_at_the_edges(fmt, shape, pick
 def _bits(t):
     """The exact bits of ``t``'s values (exactly representable in float64), NaN as 0."""
     return torch.where(t.isnan(), torch.zeros_like(t), t).double().contiguous().view(torch.int64)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("block", [PerTensor(), PerAxis(0), PerGroup(2, -1)], ids=repr)
+@pytest.mark.parametrize("wl", [8, 5])
+def test_a_finite_input_never_becomes_infinite_and_infinities_saturate(backend, rounding, block, wl):
+    m = torch.finfo(torch.float32).max
+    fmt = BlockFloat(wl, block=block)
+    x = torch.tensor([[-m, 1.0], [-m, m], [1.0, -float("inf")], [m, float("inf")]])
+    y = swalp.quantize(x, fmt, rounding, seed=3, backend=backend)
+    assert torch.isfinite(y).all()
+    top = (2 ** (wl - 1) - 1) * 2.0 ** (127 - (wl - 2))  # the largest code at the top exponent
+    assert y[0, 0] == -top and y[1, 0] == -top and y[1, 1] == top  # symmetric there: -2^(wl-1) would be -2^128
+    assert torch.equal(swalp.pack(x[:2], fmt, rounding, seed=3, backend=backend).unpack(),
+                       swalp.quantize(x[:2], fmt, rounding, seed=3, backend=backend))
+    # One exponent lower the full range stays: just above -2^127 (exponent 126) rounds to the code -2^(wl-1).
+    below = torch.tensor([-(2.0**127) * (1 - 2.0**-24), 1.0])
+    assert swalp.quantize(below, BlockFloat(wl), "nearest", backend=backend)[0] == -(2.0**127)
+
+
+def test_float16_inputs_at_the_top_of_their_range_are_what_the_docstring_table_says():
+    x = torch.tensor([-65504.0, 1.0], dtype=torch.float16)  # block exponent 15: -128 * 2^9 = -65536
+    for backend in ("reference", "cpp"):
+        assert swalp.quantize(x, BlockFloat(8), "nearest", backend=backend)[0] == -float("inf")
+        y = swalp.quantize(x.to(torch.bfloat16), BlockFloat(8), "nearest", backend=backend)  # bfloat16: finite
+        assert y[0] == -65536.0

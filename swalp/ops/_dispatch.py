@@ -133,11 +133,24 @@ def quantize(
         ``w_q = quantize(self.weight, fmt)`` in a layer trains ``self.weight``.
         Out-of-range values saturate; NaN stays NaN without spreading to its block;
         +-inf saturate to the largest value of their block (or to inf for a
-        ``FloatFormat(saturate=False)``).
+        ``FloatFormat(saturate=False)``). A finite float32 or float64 input never becomes
+        infinite: in a block floating-point block whose exponent is so high that the most
+        negative code ``-2^(wl-1)`` would overflow (exponent 127 in float32) the codes are
+        symmetric, ``[-(2^(wl-1) - 1), 2^(wl-1) - 1]``.
 
     Caveat: the rounding is computed in float32 (float64 for float64 inputs); for
-    float16/bfloat16 inputs a grid value that the input dtype cannot hold (a 16-bit
-    fixed point in bfloat16, say) is rounded once more by the final cast.
+    float16/bfloat16 inputs a grid value that the input dtype cannot hold is rounded once
+    more by the final cast:
+
+    ========  =====================================================================
+    input     what the final cast does
+    ========  =====================================================================
+    bfloat16  mantissas wider than 8 bits (a 16-bit fixed point, BFP of more than 9
+              bits) are rounded to nearest; the range is float32's: never infinite
+    float16   mantissas wider than 11 bits likewise; a BFP block at exponent 15 (values
+              from 32768 to 65504) whose code -2^(wl-1) lands at -65536, and grid values
+              above 65504 (BFP of more than 11 bits there), become -inf / inf
+    ========  =====================================================================
 
     Example:
         >>> import torch, swalp

@@ -71,14 +71,22 @@ def int_bound(q: int, dtype: torch.dtype) -> float:
     return float(abs(q) // step * step * (1 if q >= 0 else -1))
 
 
-def _round_int(x: Tensor, shift: Tensor, qmin: int, qmax: int, rounding, u) -> Tensor:
+def _round_int(x: Tensor, shift: Tensor, qmin: int, qmax: int, rounding, u, wl: int | None = None) -> Tensor:
     """The integer codes ``clamp(R(x * 2^shift))``, as values of ``x``'s dtype.
 
     ``+ 0.0`` turns a -0.0 (nearest rounding of a small negative value) into +0.0: an
     integer code has no negative zero, so the packed form (swalp/ops/packed.py) holds
     exactly these values.
+
+    ``wl`` (block floating point): where the most negative code ``-2^(wl-1)`` times the grid
+    step ``2^-shift`` is ``2^(wl-1-shift)``, beyond ``x``'s dtype (a block exponent of 127 in
+    float32), the codes are symmetric, ``[-qmax, qmax]``: a finite input never becomes -inf.
     """
-    q = _round(pow2_mul(x, shift), rounding, u).clamp_(int_bound(qmin, x.dtype), int_bound(qmax, x.dtype))
+    lo, hi = int_bound(qmin, x.dtype), int_bound(qmax, x.dtype)
+    q = _round(pow2_mul(x, shift), rounding, u).clamp_(lo, hi)
+    if wl is not None and qmin < -qmax:
+        top = (wl - 1) - shift >= (1024 if x.dtype == torch.float64 else 128)  # the dtype's first overflowing power of 2
+        q = torch.where(top & (q < -hi), torch.full_like(q, -hi), q)
     return q.add_(0.0)
 
 
@@ -164,7 +172,7 @@ def encode(x: Tensor, fmt, rounding: Rounding, seed: int | None) -> tuple[Tensor
         return _round_int(xc, shift, -(2 ** (fmt.wl - 1)), 2 ** (fmt.wl - 1) - 1, rounding, u), -shift
     if isinstance(fmt, BlockFloat):
         shift = (fmt.wl - 2) - block_exponent(xc, fmt.block, fmt.emin, fmt.emax)
-        return _round_int(xc, shift, fmt.qmin, fmt.qmax, rounding, u), -shift
+        return _round_int(xc, shift, fmt.qmin, fmt.qmax, rounding, u, fmt.wl), -shift
     if isinstance(fmt, FloatFormat):
         return _round_float(xc, fmt, rounding, u), None
     if isinstance(fmt, MXFloat):

@@ -152,6 +152,8 @@ def quantize_kernel(x_ptr, y_ptr, m_ptr, key, bound_ptr, n, L, inner, G, size,
             k = e + fl
         lo = tl.load(bound_ptr)
         hi = tl.load(bound_ptr + 1)
+        if KIND == BLOCK_FLOAT:  # symmetric codes where lo * 2^-k would overflow (_round_int, _reference.py)
+            lo = tl.where((wl - 1) - k >= (1024 if F64 else 128), tl.maximum(lo, -hi), lo)
         q = _round(_pow2_mul(v, k, F64), i, k0, k1, STOCH, F64)
         q = tl.where(q < lo, lo, q)
         q = tl.where(q > hi, hi, q) + 0.0  # -0 -> +0: integer codes have no -0 (as the reference)

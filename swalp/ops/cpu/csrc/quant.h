@@ -30,6 +30,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <climits>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -159,16 +160,19 @@ struct Spec {
 // a NaN, which no code holds, is written as 0 and counted in the return value.
 template <typename T, bool STOCH, bool VEC, typename O>
 int64_t int_span(const T* __restrict x, O* __restrict y, int64_t n, Rng r, int k,
-                 const int32_t* __restrict ks, T lo, T hi) {
+                 const int32_t* __restrict ks, T lo, T hi, int ktop) {
   const T a1 = pow2<T>(k >> 1), a2 = pow2<T>(k - (k >> 1));
   const T b1 = pow2<T>((-k) >> 1), b2 = pow2<T>(-k - ((-k) >> 1));
+  // At a shift of ktop or less the code lo times the step would overflow T (_round_int in
+  // swalp/ops/_reference.py): the codes are symmetric there.
+  const T top_lo = std::max(lo, -hi), lo_k = k <= ktop ? top_lo : lo;
   uint32_t c = r.lo;
   int64_t nan = 0;
   for (int64_t j = 0; j < n; ++j, ++c) {
-    T s;
-    if constexpr (VEC) s = pow2_mul(x[j], ks[j]);
-    else s = x[j] * a1 * a2;
-    const T q = clamp_nan(round_<T, STOCH>(s, r, c), lo, hi) + T(0);  // -0 -> +0: integer codes have no -0
+    T s, l;
+    if constexpr (VEC) s = pow2_mul(x[j], ks[j]), l = ks[j] <= ktop ? top_lo : lo;
+    else s = x[j] * a1 * a2, l = lo_k;
+    const T q = clamp_nan(round_<T, STOCH>(s, r, c), l, hi) + T(0);  // -0 -> +0: integer codes have no -0
     if constexpr (std::is_integral_v<O>) {
       nan += q != q;
       y[j] = static_cast<O>(q == q ? q : T(0));
@@ -264,11 +268,12 @@ template <typename In, typename Out = In> struct Quant {
     if (s.kind == FIXED_POINT || s.kind == BLOCK_FLOAT) {
       if constexpr (std::is_same_v<O, T> || std::is_integral_v<O>) {
         const T lo = static_cast<T>(s.qmin), hi = static_cast<T>(s.qmax);
+        const int ktop = s.kind == BLOCK_FLOAT ? (s.wl - 1) - std::numeric_limits<T>::max_exponent : INT_MIN;
         int64_t bad;
-        if (s.stoch && v) bad = int_span<T, true, true>(x, y, n, r, k, ks, lo, hi);
-        else if (s.stoch) bad = int_span<T, true, false>(x, y, n, r, k, ks, lo, hi);
-        else if (v) bad = int_span<T, false, true>(x, y, n, r, k, ks, lo, hi);
-        else bad = int_span<T, false, false>(x, y, n, r, k, ks, lo, hi);
+        if (s.stoch && v) bad = int_span<T, true, true>(x, y, n, r, k, ks, lo, hi, ktop);
+        else if (s.stoch) bad = int_span<T, true, false>(x, y, n, r, k, ks, lo, hi, ktop);
+        else if (v) bad = int_span<T, false, true>(x, y, n, r, k, ks, lo, hi, ktop);
+        else bad = int_span<T, false, false>(x, y, n, r, k, ks, lo, hi, ktop);
         if (bad && nan != nullptr) *nan += bad;
       } else {
         TORCH_CHECK(false, "swalp::quantize_pack: an integer format's codes are integers");
