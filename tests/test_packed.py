@@ -215,3 +215,10 @@ def test_every_preset_round_trips_through_a_dict():
         format_from_dict({"type": "Int4"})
     with pytest.raises(ValueError, match="wl must be an integer in"):
         format_from_dict({"type": "FixedPoint", "wl": 1, "fl": 0})  # validated as any format
+
+
+def test_a_meta_tensor_has_nothing_to_pack():
+    x = torch.empty(3, 4, device="meta")
+    assert swalp.quantize(x, "bfp8").shape == (3, 4)  # quantize gives the shape (shape inference)
+    with pytest.raises(ValueError, match="cannot pack a meta tensor: it has no values"):
+        swalp.pack(x, "bfp8")

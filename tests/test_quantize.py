@@ -833,15 +833,31 @@ EXTREMES = [3.4028234663852886e38, -3.4028234663852886e38, 1.1754943508222875e-3
             float("inf"), -float("inf"), float("nan"), 1.0, -0.75, 65504.0, 2.0**127, -(2.0**-126), 3e-41]
 
 
+EDGE_CASES = dict(fmt=formats, shape=st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple),
+                  picks=st.lists(st.integers(0, len(EXTREMES) - 1), min_size=1, max_size=40), zero_block=st.booleans(),
+                  dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+                  view=st.sampled_from(["contiguous", "transposed", "expanded"]),
+                  rounding=st.sampled_from(["nearest", "stochastic"]))
+
+
 @PROPERTY
-@given(fmt=formats, shape=st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple),
-       picks=st.lists(st.integers(0, len(EXTREMES) - 1), min_size=1, max_size=40), zero_block=st.booleans(),
-       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
-       view=st.sampled_from(["contiguous", "transposed", "expanded"]), rounding=st.sampled_from(["nearest", "stochastic"]))
+@given(**EDGE_CASES)
 def test_fuzz_the_cpp_backend_equals_the_reference_at_the_edges(fmt, shape, picks, zero_block, dtype, view, rounding):
     """Extreme magnitudes (float32's max and min, subnormals, +-inf, NaN, -0.0, all-zero
     blocks), every dtype, strided and expanded views: the C++ kernels give the reference's
-    bits, and neither touches its input."""
+    bits, neither touches its input, and integer formats never turn a float32/float64 value
+    (inf included) into inf."""
+    _edge_case(fmt, shape, picks, zero_block, dtype, view, rounding)
+
+
+@pytest.mark.slow
+@settings(max_examples=3000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**EDGE_CASES)
+def test_fuzz_longer(fmt, shape, picks, zero_block, dtype, view, rounding):
+    _edge_case(fmt, shape, picks, zero_block, dtype, view, rounding)
+
+
+def _edge_case(fmt, shape, picks, zero_block, dtype, view, rounding):
     if not swalp.ops.cpu.load():
         pytest.skip("needs the C++ kernels")
     n = math.prod(shape)
@@ -860,6 +876,8 @@ def test_fuzz_the_cpp_backend_equals_the_reference_at_the_edges(fmt, shape, pick
     assert ref.dtype == fast.dtype == x.dtype and torch.equal(ref.isnan(), fast.isnan())
     assert torch.equal(_bits(ref), _bits(fast))  # -0.0 and +0.0 apart, infinities included
     assert torch.equal(_bits(x), _bits(before)) and torch.equal(x.isnan(), before.isnan())
+    if isinstance(fmt, (FixedPoint, BlockFloat)) and dtype in (torch.float32, torch.float64):
+        assert not ref[~x.isnan()].isinf().any()  # finite, and +-inf saturated
 
 
 def _bits(t):

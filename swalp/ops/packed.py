@@ -166,6 +166,8 @@ def pack(x: Tensor, fmt: Format | str, rounding: Rounding | str = "nearest", see
             for a format without a NaN code (fixed point, block floating point).
     """
     fmt, rounding, seed = check_args(x, fmt, rounding, seed)
+    if x.is_meta:
+        raise ValueError("cannot pack a meta tensor: it has no values to encode (quantize gives its shape)")
     if rounding is Rounding.STOCHASTIC and seed is None:
         seed = draw_seed(check_generator(generator))
     kernel = pick_backend(backend, x, fmt).pack
