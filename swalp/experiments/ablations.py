@@ -40,7 +40,6 @@ from tqdm.auto import tqdm
 
 from .._checks import check_choice
 from .._files import atomic_write, atomic_write_text, write_json
-from ..formats import get_format
 from ..training import TrainConfig, resolve
 from .compare import check_grid, mean_std, run_one
 
@@ -85,9 +84,7 @@ def plan(name: str, base: TrainConfig, seeds, bits, out) -> list[tuple[Cell, int
     for cell in cells(name, base, bits):
         for s in seeds:
             config = dataclasses.replace(base, **cell.changes, seed=s, out=str(root / "runs" / f"{cell.key}-seed{s}"))
-            if config.avg_format is not None:
-                get_format(config.avg_format)
-            runs.append((cell, s, resolve(config)))
+            runs.append((cell, s, resolve(config)))  # resolve checks every setting, the average's format too
     return runs
 
 

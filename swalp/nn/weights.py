@@ -71,6 +71,11 @@ def store(p: Tensor, packed: PackedTensor) -> None:
     held = getattr(p, _PACKED, None)
     stride = p.stride() if held is None else held[1]  # a placeholder's strides are all 0
     setattr(p, _PACKED, (packed, stride))
+    _release(p)
+
+
+def _release(p: Tensor) -> None:
+    """Drop ``p``'s float storage for the placeholder: one NaN, expanded to its shape."""
     p.data = torch.full((), float("nan"), dtype=p.dtype, device=p.device).expand(p.shape)
 
 
@@ -115,9 +120,8 @@ def unpacked(params: nn.Module | Iterable[Tensor]) -> Iterator[None]:
     try:
         yield
     finally:
-        for p, (packed, stride) in held:
-            setattr(p, _PACKED, (packed, stride))
-            p.data = torch.full((), float("nan"), dtype=p.dtype, device=p.device).expand(p.shape)
+        for p, (packed, _) in held:
+            store(p, packed)  # the float form unpack made keeps the original layout: store records it again
 
 
 # --- the module hooks (installed by quantize_model) -------------------------------------
@@ -170,7 +174,7 @@ def _release_after_forward(module: nn.Module, args, output) -> None:
     hooks.__exit__(None, None, None)
     for p, key in zip(params, views):
         weight_views.discard(key)
-        p.data = torch.full((), float("nan"), dtype=p.dtype, device=p.device).expand(p.shape)
+        _release(p)
 
 
 def _state_dict_values(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:

@@ -146,6 +146,7 @@ class PackedStorage:
 
     def _step_chunk(self, chunk: list[tuple[int, Tensor]], floats: dict) -> None:
         """The wrapped step on the parameters of ``chunk`` alone, unpacked for it and packed after."""
+        grads = []  # gradients that stayed float, rounded together as _quantize_grads rounds them
         for i, p in chunk:
             packed_grad = self.grads.pop(p, None)
             if packed_grad is not None:
@@ -154,10 +155,11 @@ class PackedStorage:
                 p.grad = floats[p]
                 if p.grad.is_sparse:
                     raise ValueError("sparse gradients are not supported by LowPrecisionOptimizer")
-                self._q_many_([(p.grad, self.recipe.grad, (i, _GRAD, 0))])
+                grads.append((p.grad, self.recipe.grad, (i, _GRAD, 0)))
             unstore(p)
             if p in self.acc:
                 p.copy_(self.acc[p])
+        self._q_many_(grads)
         self._unpack_state([p for _, p in chunk])
         self.optimizer.step()
         jobs = []
