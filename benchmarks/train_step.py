@@ -18,6 +18,7 @@ Models:
     python benchmarks/train_step.py --recipe paper-big-block --threads 2
     python benchmarks/train_step.py --packed    # also the real 8-bit storage: packed weights,
                                                 # gradients, momentum and saved activations
+    python benchmarks/train_step.py --int8      # also integer products (swalp/nn/int8.py)
 
 SGD settings are the paper's VGG-16 ones (lr 0.05, momentum 0.9, wd 5e-4) for both
 models; the learning rate does not change the cost of a step.
@@ -56,16 +57,17 @@ def batch_for(name: str, generator: torch.Generator):
     raise ValueError(f"unknown model {name!r}; accepted: {', '.join(map(repr, BATCH))}")
 
 
-def make_step(model_name, num_classes, input_shape, recipe, compile=False, packed=False):
+def make_step(model_name, num_classes, input_shape, recipe, compile=False, packed=False, compute="float"):
     """A closure running one training step; recipe None is plain PyTorch FP32; ``compile``
     calls the model through ``torch.compile`` (the optimizer step stays eager); ``packed``
-    holds the state packed (``storage="packed"``) and the saved activations too."""
+    holds the state packed (``storage="packed"``) and the saved activations too; ``compute``
+    "int8" multiplies 8-bit codes where that is exact (``quantize_model(compute=...)``)."""
     torch.manual_seed(0)
     model = build_model(model_name, num_classes, input_shape)
     sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     opt = sgd
     if recipe is not None:
-        swalp.quantize_model(model, recipe)
+        swalp.quantize_model(model, recipe, compute=compute)
         opt = swalp.LowPrecisionOptimizer(sgd, recipe, seed=0, storage="packed" if packed else "simulated")
     model.train()
     net = torch.compile(model, fullgraph=True) if compile else model
@@ -97,6 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--compile", action="store_true", help="also time both with torch.compile (inductor)")
     p.add_argument("--packed", action="store_true", help="also time the recipe with packed storage and activations")
+    p.add_argument("--int8", action="store_true", help="also time the recipe with int8 products (compute='int8')")
     p.add_argument("--json", metavar="FILE", help="also write the records as JSON")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -110,6 +113,7 @@ def main(argv=None) -> int:
     print(f"median of {args.steps} steps after {args.warmup} warm-up steps, FP32 and low-precision steps alternating\n")
     header = f"{'model':<8}{'batch':>6}{'fp32 ms':>10}{recipe.name + ' ms':>14}{'ratio':>8}"
     header += f"{'packed ms':>11}{'/ simulated':>12}" if args.packed else ""
+    header += f"{'int8 ms':>9}{'/ fp32':>8}" if args.int8 else ""
     print(header + (f"{'fp32 compiled':>15}{recipe.name + ' compiled':>17}{'ratio':>8}" if args.compile else ""))
     records = []
     gen = torch.Generator().manual_seed(0)
@@ -119,6 +123,8 @@ def main(argv=None) -> int:
         steps = {"fp32": make_step(model_name, classes, shape, None), recipe.name: make_step(model_name, classes, shape, recipe)}
         if args.packed:
             steps["packed"] = make_step(model_name, classes, shape, recipe, packed=True)
+        if args.int8:
+            steps["int8"] = make_step(model_name, classes, shape, recipe, compute="int8")
         if args.compile:
             steps.update({"fp32 compiled": make_step(model_name, classes, shape, None, compile=True),
                           f"{recipe.name} compiled": make_step(model_name, classes, shape, recipe, compile=True)})
@@ -135,6 +141,9 @@ def main(argv=None) -> int:
         if args.packed:
             compiled = dict(packed_seconds=med["packed"], packed_ratio=med["packed"] / med[recipe.name])
             line += f"{med['packed'] * 1e3:>11.1f}{med['packed'] / med[recipe.name]:>12.2f}"
+        if args.int8:
+            compiled.update(int8_seconds=med["int8"], int8_ratio=med["int8"] / med["fp32"])
+            line += f"{med['int8'] * 1e3:>9.1f}{med['int8'] / med['fp32']:>8.2f}"
         if args.compile:
             fp, lp = med["fp32 compiled"], med[f"{recipe.name} compiled"]
             compiled.update(fp32_compiled_seconds=fp, recipe_compiled_seconds=lp, compiled_ratio=lp / fp)

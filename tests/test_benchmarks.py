@@ -27,16 +27,34 @@ def test_quantize_benchmark_writes_a_record_per_format_and_rounding(tmp_path):
 
 def test_train_step_benchmark_times_both_recipes(tmp_path):
     out = run("train_step.py", "--models", "cnn1d", "--steps", "2", "--warmup", "1", "--threads", "1",
-              "--compile", "--packed", "--json", str(tmp_path / "t.json"))
+              "--compile", "--packed", "--int8", "--json", str(tmp_path / "t.json"))
     assert out.returncode == 0, out.stderr[-2000:]
     (record,) = json.loads((tmp_path / "t.json").read_text())
     assert record["model"] == "cnn1d" and record["compiled_ratio"] > 0 and record["packed_ratio"] > 0
+    assert record["int8_ratio"] > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: run benchmarks/gpu_quantize.py itself")
 def test_gpu_quantize_benchmark_skips_without_a_gpu():
     out = run("gpu_quantize.py")
     assert out.returncode == 77 and "no CUDA device" in out.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: run benchmarks/gpu_check.py itself")
+def test_gpu_check_skips_without_a_gpu():
+    out = run("gpu_check.py")
+    assert out.returncode == 77 and "no CUDA device" in out.stdout and "--device cpu" in out.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_the_cpu(tmp_path):
+    """The script's own check: parts 2-4 on the CPU (about a minute here)."""
+    out = run("gpu_check.py", "--device", "cpu", "--steps", "1", "--warmup", "0", "--batch", "2",
+              "--json", str(tmp_path / "g.json"))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert result["failures"] == 0 and len(result["steps"]) == 6
+    assert {r["name"] for r in result["steps"]} >= {"fp32", "paper-int8", "big-block-int8"}
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")

@@ -80,3 +80,24 @@ def test_swalp_train_compile_equals_eager(tmp_path, torch_random, one_thread):
     drop = lambda s: {k: v for k, v in s.items() if k != "wall_s"}  # noqa: E731
     assert drop(compiled) == drop(eager)
     assert (tmp_path / "eager" / "metrics.jsonl").read_text() == (tmp_path / "compiled" / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn1d"])
+def test_compiled_int8_equals_eager(name, torch_random, one_thread):
+    """The int8 products are custom ops (their path depends on the data): one graph, and the
+    compiled model takes the same paths to the same numbers."""
+    make, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = swalp.quantize_model(make(), "paper-big-block", compute="int8")
+    swalp.LowPrecisionOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))  # weights onto their grid
+    x = torch.randn(*shape)
+    explained = torch._dynamo.explain(model)(x.clone().requires_grad_())
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    eager = grads_after_one_pass(model, model, x)
+    counts = swalp.nn.compute_paths(model)
+    assert sum(c["int8"] for layer in counts.values() for c in layer.values()) > 0
+    traced = grads_after_one_pass(model, compiled, x)
+    assert all(torch.equal(a, b) for a, b in zip(eager, traced))
+    assert swalp.nn.compute_paths(model) == counts  # compiled calls are not counted

@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import sys
 
-from ..nn import PLACEMENTS
+from ..nn import COMPUTES, PLACEMENTS
 from ..optim import KINDS, STORAGES
 from ..recipes import RECIPES
 from ..training import AVG_UNITS, Diverged, TrainConfig, resolve, train
@@ -58,6 +58,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help=f"under torchrun, how gradients are averaged (default {_D.comm}; bfp8: 8-bit codes on the wire)")
     g.add_argument("--storage", default=None, choices=STORAGES,
                    help=f"how weights, gradients and momentum are held (default {_D.storage}; packed: 8 bits, same numbers)")
+    g.add_argument("--compute", default=None, choices=COMPUTES,
+                   help=f"how Linear/Conv products are computed (default {_D.compute}; int8: from 8-bit codes in "
+                        "int32 where that is exact, listed in summary.json)")
     g.add_argument("--packed-activations", action="store_true", default=None,
                    help="keep the Quantizer outputs that backward needs packed in 8 bits (same numbers, less memory)")
     # Hidden: subsets for tests and quick looks.

@@ -18,10 +18,11 @@ from .convert import (
     quantizers,
     set_quantizers,
 )
+from .int8 import COMPUTES, PRODUCTS, compute_paths
 from .quantizer import Quantizer
 from .saved import packed_activations
 from .weights import is_packed, packed_state_dict, packed_weight, unpack_state_dict, unpacked
 
-__all__ = ["PLACEMENTS", "Quantizer", "configure_quantizers", "full_precision", "is_packed", "model_recipe",
+__all__ = ["COMPUTES", "PLACEMENTS", "PRODUCTS", "Quantizer", "compute_paths", "configure_quantizers", "full_precision", "is_packed", "model_recipe",
            "packed_activations", "packed_state_dict", "packed_weight", "quantize_model", "quantizers", "set_quantizers",
            "unpack_state_dict", "unpacked"]

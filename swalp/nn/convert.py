@@ -34,6 +34,7 @@ from torch import nn
 from .._checks import check_bool, check_choice
 from .._rng import check_generator
 from ..recipes import Recipe, get_recipe
+from .int8 import COMPUTES, use_int8
 from .quantizer import Quantizer
 from .weights import install_hooks
 
@@ -61,6 +62,7 @@ def quantize_model(
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     placement: str | None = None,
     generator=None,
+    compute: str = "float",
 ) -> nn.Module:
     """Attach Quantizers to ``model``'s layers (in place) and return it.
 
@@ -79,12 +81,15 @@ def quantize_model(
         placement: ``"layer"`` (None: the default) or ``"activation"``.
         generator: a ``torch.Generator`` the new Quantizers draw their seeds from (default:
             torch's global generator).
+        compute: ``"float"`` (default) or ``"int8"``: every Linear, Conv1d and Conv2d computes
+            its products from 8-bit codes with int32 sums where that is exact, and in float
+            elsewhere (swalp/nn/int8.py; :func:`swalp.nn.compute_paths` lists which).
 
     Returns:
         ``model``, with the same parameter names, module types and state-dict keys.
 
     Raises:
-        ValueError: an unknown recipe or placement, a ``placement`` for a model that
+        ValueError: an unknown recipe, placement or compute, a ``placement`` for a model that
             places its own Quantizers, a module already converted with another recipe.
 
     Caveat: "last" means last in registration order (``model.modules()``), which is the
@@ -101,11 +106,14 @@ def quantize_model(
     """
     recipe = get_recipe(recipe)
     check_generator(generator)  # every check before the model is touched
+    check_choice("compute", compute, COMPUTES)
     if placement is not None:
         check_choice("placement", placement, PLACEMENTS)
     if filter_fn is not None and not callable(filter_fn):
         raise ValueError(f"filter_fn must be callable(module, fqn) -> bool or None, got {filter_fn!r}")
     _remember(model, recipe)
+    if compute == "int8":
+        use_int8(model)
     install_hooks(model)  # inert until LowPrecisionOptimizer(storage="packed") packs the weights (weights.py)
     if quantizers(model):
         if placement is not None:

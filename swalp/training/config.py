@@ -21,7 +21,7 @@ from .._checks import check_choice, check_int, check_number
 from ..data import DATASETS
 from ..formats import get_format
 from ..models import MODELS, default_model, model_defaults
-from ..nn import PLACEMENTS
+from ..nn import COMPUTES, PLACEMENTS
 from ..optim import KINDS, STORAGES
 from ..recipes import get_recipe
 from . import distributed
@@ -47,6 +47,7 @@ class TrainConfig:
     placement: str | None = None    # where quantize_model puts quantizers (swalp.nn.PLACEMENTS); None: "layer"
     packed_activations: bool = False  # keep Quantizer outputs saved for backward in 8 bits (swalp.nn.packed_activations)
     storage: str = "simulated"      # swalp.optim.STORAGES: "packed" holds weights, gradients, momentum in 8 bits
+    compute: str = "float"          # swalp.nn.COMPUTES: "int8" multiplies 8-bit codes in int32 where exact
     comm: str = "fp32"              # under torchrun: "bfp8" averages gradients sending 8-bit codes (swalp.distributed)
     # optimisation (SGD with momentum and weight decay, as the paper); cnn1d on mnist1d in brackets
     epochs: int | None = None       # total epochs E (45; the paper: 1.5 x budget)
@@ -107,6 +108,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     check_choice("--avg-unit", c.avg_unit, AVG_UNITS)
     check_choice("--storage", c.storage, STORAGES)
     check_choice("--comm", c.comm, distributed.COMMS)
+    check_choice("--compute", c.compute, COMPUTES)
     if c.storage == "packed" and c.compile:
         raise ValueError("--storage packed unpacks each layer's weights in module hooks, which torch.compile does not "
                          "trace; use one of --storage packed and --compile")

@@ -52,7 +52,7 @@ from .._files import atomic_write, atomic_write_text, to_json
 from ..data import DataBundle, epoch_order, limit, load_data
 from ..distributed import BFPCommState
 from ..models import build_model
-from ..nn import packed_activations, packed_state_dict, quantize_model, unpack_state_dict
+from ..nn import PRODUCTS, compute_paths, packed_activations, packed_state_dict, quantize_model, unpack_state_dict
 from ..ops.cpu import set_output_pool
 from ..optim import SWALPLR, LowPrecisionOptimizer, WeightAverage
 from ..recipes import Recipe, get_recipe
@@ -166,6 +166,8 @@ def fit(run: Run, *, progress: bool = True, log=print, stop_after: int | None = 
         run.epoch = epoch
         save(run)
         bar.write(epoch_line(cfg, row)) if progress else log(epoch_line(cfg, row))
+        if cfg.compute == "int8" and epoch == 1:
+            log(int8_line(run.model))
         if stop_after is not None and stop_after <= epoch < cfg.epochs:
             bar.close()
             distributed.barrier()  # the checkpoint is written when any rank returns
@@ -220,7 +222,7 @@ def build(cfg: TrainConfig, device: torch.device) -> Run:
 
     torch.manual_seed(cfg.seed)  # the initial weights and every stochastic rounding follow from it
     model = build_model(cfg.model, data.num_classes, data.input_shape)
-    quantize_model(model, recipe, placement=cfg.placement)  # also configures quantizers a model placed itself
+    quantize_model(model, recipe, placement=cfg.placement, compute=cfg.compute)  # also configures a model's own quantizers
     prepare_model(model, device, cfg.channels_last)
     net = distributed.wrap(model, device)  # DistributedDataParallel under torchrun, else `model` itself
     comm = distributed.compress(net, cfg.comm, cfg.seed)
@@ -370,7 +372,7 @@ def finish(run: Run, started: float, log) -> dict:
     """Evaluate the average at the end, save its weights, write and return the summary."""
     cfg = run.cfg
     run.write("average.pt", _torch_save(_averaged(run).state_dict()))
-    summary = make_summary(cfg, run.recipe, run.metrics, run.average)
+    summary = make_summary(cfg, run.recipe, run.metrics, run.average, run.model)
     summary["wall_s"] = round(time.time() - started, 2)
     run.write("summary.json", to_json(summary))
     log(f"SGD iterate at the budget (epoch {cfg.budget}): {summary['sgd']['test_error']:.2f}%  "
@@ -379,7 +381,8 @@ def finish(run: Run, started: float, log) -> dict:
     return summary
 
 
-def make_summary(cfg: TrainConfig, recipe: Recipe, metrics: list[dict], average: WeightAverage) -> dict:
+def make_summary(cfg: TrainConfig, recipe: Recipe, metrics: list[dict], average: WeightAverage,
+                 model: nn.Module | None = None) -> dict:
     by_epoch = {m["epoch"]: m for m in metrics}
     sgd = dict(test_error=by_epoch[cfg.budget]["test_error"], epoch=cfg.budget)
     avg = dict(test_error=by_epoch[cfg.epochs]["avg_test_error"], epoch=cfg.epochs, n_averaged=int(average.n_averaged))
@@ -389,7 +392,19 @@ def make_summary(cfg: TrainConfig, recipe: Recipe, metrics: list[dict], average:
                    model=cfg.model, data=cfg.data, seed=cfg.seed)
     if summary["full_precision"]:
         summary.update(sgd_fp=sgd, swa_fp=avg)
+    if cfg.compute == "int8":
+        summary["compute_paths"] = compute_paths(model)
     return summary
+
+
+def int8_line(model: nn.Module) -> str:
+    """How many of the model's products (training and evaluation so far) took the int8 path."""
+    paths = compute_paths(model).values()
+    parts = []
+    for product in PRODUCTS:
+        n = sum(layer[product]["int8"] for layer in paths)
+        parts.append(f"{product} {n}/{n + sum(layer[product]['float'] for layer in paths)}")
+    return "int8 products so far: " + ", ".join(parts) + " (the rest in float: swalp.nn.compute_paths)"
 
 
 def epoch_line(cfg: TrainConfig, row: dict) -> str:

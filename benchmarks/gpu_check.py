@@ -1,0 +1,204 @@
+"""The one prepared script for a lent GPU: every kernel checked bit for bit, then the figures.
+
+1. ``benchmarks/gpu_quantize.py``: every Triton quantization kernel against the reference
+   (formats, blockings, dtypes, NaN/inf/subnormals), then stochastic BFP8 on 2^28 elements
+   timed against a device-to-device copy (target >= 0.5 of copy bandwidth).
+2. Packed form: ``swalp.pack`` on the GPU, unpacked, against ``swalp.quantize`` on the CPU
+   reference, bit for bit, for every format that packs.
+3. Integer products: ``int8_mm`` and the ``int8_conv`` ops on the GPU (cuBLAS int8, padded
+   shapes included) against the float64 product of the same grid values.
+4. A VGG-16 training step at CIFAR size (batch 128, SGD momentum 0.9, wd 5e-4) for fp32, the
+   simulated paper recipe, packed storage, and int8 products (paper and paper-big-block),
+   eager and (with ``--compile``) compiled: median step time (CUDA-synchronised) and
+   ``torch.cuda.max_memory_allocated`` of each, and the ratio to fp32 (targets: paper <= 1.3,
+   int8 < 1.0).
+
+Everything is written to ``--json`` (default ``gpu_check.json``). Without a GPU it exits 77
+("skipped") with a message; ``--device cpu`` runs parts 2 to 4 on the CPU to check the script
+itself (slow; not a figure).
+
+    python benchmarks/gpu_check.py --json gpu_check.json --compile
+    python benchmarks/gpu_check.py --device cpu --steps 2 --warmup 1 --batch 8   # the script's own check
+
+Exit codes: 0 every check passed; 1 a result differed; 77 no CUDA device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import swalp
+from swalp.models import build_model
+from swalp.ops.intmm import int8_mm
+from _common import describe, machine_info
+
+SKIPPED = 77
+PACK_FORMATS = ["bfp8", "fixed8", "e4m3", "e5m2", "mxint8", "mxfp8_e4m3"]
+PACK_BLOCKINGS = [swalp.PerTensor(), swalp.PerAxis(0), swalp.PerAxis(1), swalp.PerGroup(32, -1)]
+STEP_CONFIGS = [  # name, recipe, storage, compute
+    ("fp32", None, "simulated", "float"),
+    ("paper", "paper", "simulated", "float"),
+    ("paper-packed", "paper", "packed", "float"),
+    ("paper-int8", "paper", "simulated", "int8"),
+    ("big-block", "paper-big-block", "simulated", "float"),
+    ("big-block-int8", "paper-big-block", "simulated", "int8"),
+]
+COMPILED = ("fp32", "paper", "paper-int8", "big-block-int8")
+
+
+def check_pack(device) -> int:
+    from swalp.formats import BlockFloat
+
+    failures = cases = 0
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(67, 129, generator=g) * torch.exp(3 * torch.randn(67, 129, generator=g))
+    x[0, :3] = torch.tensor([float("nan"), 0.0, -0.0])
+    fmts = [swalp.get_format(n) for n in PACK_FORMATS] + [BlockFloat(8, block=b) for b in PACK_BLOCKINGS]
+    for fmt in fmts:
+        for rounding in ("nearest", "stochastic"):
+            want = swalp.quantize(x, fmt, rounding, seed=11, backend="reference")
+            got = swalp.pack(x.to(device), fmt, rounding, seed=11).unpack().cpu()
+            cases += 1
+            if not torch.equal(torch.nan_to_num(got, 7.0), torch.nan_to_num(want, 7.0)):
+                failures += 1
+                print(f"MISMATCH pack {fmt!r} {rounding}")
+    print(f"pack/unpack: {cases} cases, {failures} mismatches")
+    return failures
+
+
+def _grid(shape, scale_shape, g):
+    codes = torch.randint(-128, 128, shape, generator=g).float()
+    return codes * torch.ldexp(torch.ones(scale_shape), torch.randint(-12, 4, scale_shape, generator=g))
+
+
+def check_int8(device) -> int:
+    failures = cases = 0
+    g = torch.Generator().manual_seed(1)
+    for m, k, n in [(1, 1, 1), (16, 8, 8), (17, 24, 40), (5, 13, 3), (128, 4608, 512), (4096, 512, 10)]:
+        a, b = _grid((m, k), (m, 1), g), _grid((k, n), (1, n), g)
+        got = int8_mm(a.to(device), b.to(device))
+        cases += 1
+        if got is None or not torch.equal(got.cpu(), (a.double() @ b.double()).float()):
+            failures += 1
+            print(f"MISMATCH int8_mm {m}x{k}x{n}")
+    for shape, out_ch, stride, pad in [((2, 3, 9, 9), 8, 1, 1), ((4, 16, 16, 16), 32, 2, 0)]:
+        x = torch.randint(0, 128, shape, generator=g).float() * 2.0**-6  # a ReLU output on a per-tensor grid
+        w = _grid((out_ch, shape[1], 3, 3), (1, 1, 1, 1), g)
+        out, took = torch.ops.swalp.int8_conv(x.to(device), w.to(device), [stride] * 2, [pad] * 2, [1, 1])
+        cases += 1
+        want = F.conv2d(x.double(), w.double(), None, stride, pad).float()
+        if not (bool(took) and torch.equal(out.cpu(), want)):
+            failures += 1
+            print(f"MISMATCH int8_conv {shape} took_int8={bool(took)}")
+    print(f"integer products: {cases} cases, {failures} mismatches")
+    return failures
+
+
+def make_step(recipe, storage, compute, device, compile):
+    torch.manual_seed(0)
+    model = build_model("vgg16", 10, (3, 32, 32)).to(device)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    opt = sgd
+    if recipe is not None:
+        swalp.quantize_model(model, recipe, compute=compute)
+        opt = swalp.LowPrecisionOptimizer(sgd, recipe, seed=0, storage=storage)
+    net = torch.compile(model) if compile else model
+
+    def step(x, y):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, model
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(args, device) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
+    configs = [(name, *rest, False) for name, *rest in STEP_CONFIGS]
+    if args.compile:
+        configs += [(name + " compiled", *rest, True) for name, *rest in STEP_CONFIGS if name in COMPILED]
+    records = []
+    for name, recipe, storage, compute, compile in configs:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        step, model = make_step(recipe, storage, compute, device, compile)
+        times = []
+        for i in range(args.warmup + args.steps):
+            sync(device)
+            start = time.perf_counter()
+            step(x, y)
+            sync(device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - start)
+        rec = dict(name=name, recipe=recipe or "fp32", storage=storage, compute=compute, compiled=compile,
+                   step_ms=statistics.median(times) * 1e3, batch=args.batch,
+                   max_memory_allocated=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
+        if compute == "int8":
+            rec["compute_paths"] = swalp.nn.compute_paths(model)
+        records.append(rec)
+        del step, model
+    base = {r["compiled"]: r["step_ms"] for r in records if r["recipe"] == "fp32"}
+    print(f"\nVGG-16, batch {args.batch}, median of {args.steps} steps after {args.warmup}")
+    print(f"{'config':<24}{'ms':>9}{'/ fp32':>8}{'peak MiB':>10}")
+    for r in records:
+        r["ratio_to_fp32"] = r["step_ms"] / base.get(r["compiled"], base[False])
+        peak = "" if r["max_memory_allocated"] is None else f"{r['max_memory_allocated'] / 2**20:>10.0f}"
+        print(f"{r['name']:<24}{r['step_ms']:>9.1f}{r['ratio_to_fp32']:>8.2f}{peak}")
+    return records
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (checks the script only)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per configuration (default 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--batch", type=int, default=128, help="batch size (default 128, as the paper)")
+    p.add_argument("--compile", action="store_true", help="also time compiled steps (inductor)")
+    p.add_argument("--skip-quantize", action="store_true", help="skip part 1 (gpu_quantize.py)")
+    p.add_argument("--json", default="gpu_check.json", help="where the records go (default gpu_check.json)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; nothing was checked or measured (exit 77). "
+              "`--device cpu` checks the script itself.")
+        return SKIPPED
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else describe(machine_info())
+    print(f"gpu_check on {where}, torch {torch.__version__}")
+    result = dict(device=where, torch=torch.__version__, machine=machine_info())
+    failures = 0
+    if device.type == "cuda" and not args.skip_quantize:
+        import gpu_quantize
+
+        code = gpu_quantize.main(["--json", args.json + ".quantize.json"])
+        failures += code == 1
+        result["quantize"] = json.load(open(args.json + ".quantize.json")) if code != SKIPPED else "skipped"
+    failures += check_pack(device)
+    failures += check_int8(device)
+    result["steps"] = time_steps(args, device)
+    result["failures"] = failures
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {args.json}")
+    print("\nPASS" if failures == 0 else f"\nFAIL: {failures} failed checks")
+    return 0 if failures == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
