@@ -210,3 +210,31 @@ def test_a_model_not_converted_keeps_float_weights_but_packs_the_rest():
     assert not any(is_packed(p) for p in net.parameters()) and len(opt.grads) == 4
     opt.step()
     assert all(torch.isfinite(p).all() for p in net.parameters()) and len(opt.packed) == 4
+
+
+@pytest.mark.parametrize("storage", ["simulated", "packed"])
+def test_a_step_with_a_closure_is_closure_then_step(storage):
+    """Trainers (Lightning) always pass a closure: with SGD it must change nothing."""
+    results = []
+    for use_closure in (False, True):
+        torch.manual_seed(0)
+        net = swalp.quantize_model(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), "paper")
+        opt = swalp.LowPrecisionOptimizer(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), seed=3,
+                                          storage=storage)
+        x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(net(x), y)
+            loss.backward()
+            return loss
+
+        for _ in range(3):
+            if use_closure:
+                opt.step(closure)
+            else:
+                closure()
+                opt.step()
+        with unpacked(net):
+            results.append([p.detach().clone() for p in net.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -22,3 +23,25 @@ def test_readme_example_runs_and_averages_fifteen_iterates():
     fmt = scope["swalp"].get_recipe("paper").weight
     # the live weights lie on the 8-bit grid: quantizing them again with nearest changes nothing
     assert torch.equal(scope["swalp"].quantize(weight.detach(), fmt, "nearest"), weight.detach())
+
+
+def _section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"## {title}\n")
+    return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+
+
+def test_readme_lightning_section_runs(tmp_path, monkeypatch, one_thread):
+    pytest.importorskip("lightning")
+    monkeypatch.chdir(tmp_path)  # Lightning writes its logs and checkpoints under the working folder
+    scope: dict = {}
+    exec(compile(_section("With Lightning"), str(README), "exec"), scope)
+    callback = scope["trainer"].callbacks[0]
+    assert type(callback).__name__ == "SWALP" and int(callback.average.n_averaged) == 3  # epochs 4, 5, 6
+
+
+def test_readme_accelerate_section_runs(one_thread):
+    pytest.importorskip("accelerate")
+    scope: dict = {}
+    exec(compile(_section("With Accelerate"), str(README), "exec"), scope)
+    assert int(scope["avg"].n_averaged) == 3 and type(scope["opt"]).__name__ == "AcceleratedOptimizer"

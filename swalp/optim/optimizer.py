@@ -288,8 +288,11 @@ class LowPrecisionOptimizer(PackedStorage, Optimizer):
         def quantized_closure():
             with torch.enable_grad():
                 loss = closure()
-            calls[0] += 1
+            # The first call rounds as a step without closure does (call 0): with SGD,
+            # step(closure) is closure() then step(), bit for bit (trainers such as Lightning
+            # always pass one). Later calls (L-BFGS) draw their own seeds.
             self._quantize_grads(calls[0])
+            calls[0] += 1
             return loss
 
         params = self._params()
