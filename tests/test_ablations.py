@@ -1,5 +1,6 @@
 """swalp ablation: the paper's ablations as one command each, and the headline pinned."""
 
+import dataclasses
 import importlib
 import json
 
@@ -112,3 +113,15 @@ def test_a_folder_holding_other_settings_runs_is_an_error_unless_overwrite(tmp_p
         ablation("bits", other, seeds=(0,), bits=(6,), out=out, progress=False, log=None)
     s = ablation("bits", other, seeds=(0,), bits=(6,), out=out, progress=False, log=None, overwrite=True)
     assert s["settings"]["epochs"] == 4
+
+
+def test_a_run_saved_before_a_config_field_existed_is_the_same_run():
+    from swalp.experiments.compare import same_config
+
+    config = TrainConfig(data="digits", epochs=3, budget=2)
+    saved = dataclasses.asdict(config)
+    assert same_config(saved, config)
+    del saved["compute"]  # a run from before --compute: it computed in float, the default
+    assert same_config(saved, config)
+    assert not same_config(saved, dataclasses.replace(config, compute="int8"))
+    assert not same_config({**saved, "retired_field": 1}, config)

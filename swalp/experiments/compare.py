@@ -82,7 +82,7 @@ def run_one(config: TrainConfig, overwrite: bool = False) -> dict:
     ``overwrite``. Returns the summary plus the per-epoch metrics under ``"metrics"``."""
     out = Path(config.out)
     saved = out / "config.json"
-    same = saved.exists() and json.loads(saved.read_text()) == dataclasses.asdict(config)
+    same = saved.exists() and same_config(json.loads(saved.read_text()), config)
     if same and (out / "summary.json").exists():
         summary = json.loads((out / "summary.json").read_text())
     elif same and (out / "checkpoint.pt").exists():
@@ -91,6 +91,13 @@ def run_one(config: TrainConfig, overwrite: bool = False) -> dict:
         summary = train(config, progress=False, log=None, overwrite=overwrite)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {**summary, "metrics": metrics}
+
+
+def same_config(saved: dict, config: TrainConfig) -> bool:
+    """Whether a run's saved ``config.json`` is ``config``; a field added to TrainConfig since
+    the run was saved counts as its default (the behaviour the run had)."""
+    defaults = dataclasses.asdict(TrainConfig())
+    return set(saved) <= set(defaults) and {**defaults, **saved} == dataclasses.asdict(config)
 
 
 def mean_std(values: list[float]) -> dict:
