@@ -59,7 +59,7 @@ def check_pack(device) -> int:
     failures = cases = 0
     g = torch.Generator().manual_seed(0)
     x = torch.randn(67, 129, generator=g) * torch.exp(3 * torch.randn(67, 129, generator=g))
-    x[0, :3] = torch.tensor([float("nan"), 0.0, -0.0])
+    x[0, :3] = torch.tensor([1e-42, 0.0, -0.0])  # no NaN: the integer formats have no code for it
     fmts = [swalp.get_format(n) for n in PACK_FORMATS] + [BlockFloat(8, block=b) for b in PACK_BLOCKINGS]
     for fmt in fmts:
         for rounding in ("nearest", "stochastic"):

@@ -7,7 +7,8 @@ checks this on the data, so nothing is assumed); elsewhere the float product run
 "paper" recipe (per-output-channel weights, per-tensor activations and errors) the forward
 and the weight gradient qualify once their input is a Quantizer's output; the input gradient
 does not (the weight's exponent changes along its reduction, the output channels), nor does
-the first layer (raw data). Under "paper-big-block" all three qualify.
+the first layer (raw data). Under "paper-big-block" all three qualify, except a
+convolution's input gradient, which stays torch's (swalp/ops/intconv.py says why).
 
 Each qualifying product equals the float64 product of the same values rounded once to
 float32, so results differ from the float path only by that path's float32 accumulation.
