@@ -137,3 +137,13 @@ def test_missing_extra_names_it():
         _require("no_such_module_swalp", "lightning")
     code = "import sys, swalp; assert not any(m.startswith(('lightning', 'accelerate')) for m in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_step_unit_averages_every_n_optimizer_steps(tmp_path, one_thread):
+    cfg = resolve(TrainConfig(**TINY, out=str(tmp_path / "unused")))
+    model, loader, _ = _setup(cfg)  # 200 examples, batch 32: 7 steps per epoch
+    callback = _swalp(cfg, avg_unit="step", avg_every=3)
+    _trainer(tmp_path, cfg.epochs, callbacks=[callback], enable_checkpointing=False,
+             accumulate_grad_batches=2).fit(Lit(model, cfg), loader)
+    # 4 optimizer steps per epoch (7 batches, 2 per step); from step 2 * 4 = 8 to 16, every 3: 8, 11, 14.
+    assert callback.steps_per_epoch == 4 and int(callback.average.n_averaged) == 3

@@ -128,6 +128,7 @@ class SWALP(pl.Callback):
         self.steps_per_epoch: int | None = None
         self._restored: dict | None = None
         self._swapped: tuple | None = None
+        self._last_step: int | None = None  # avg_unit "step": the global step last looked at
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -170,7 +171,8 @@ class SWALP(pl.Callback):
         if self.avg_unit == "step":
             start = self.budget * self.steps_per_epoch
             step = trainer.global_step
-            due = step >= start and (step - start) % self.avg_every == 0 and step != getattr(self, "_last_step", None)
+            # With gradient accumulation a step spans several batches: average once per step.
+            due = step >= start and (step - start) % self.avg_every == 0 and step != self._last_step
             self._last_step = step
         else:
             epoch = trainer.current_epoch + 1
