@@ -91,7 +91,7 @@ def check_int8(device) -> int:
     for shape, out_ch, stride, pad in [((2, 3, 9, 9), 8, 1, 1), ((4, 16, 16, 16), 32, 2, 0)]:
         x = torch.randint(0, 128, shape, generator=g).float() * 2.0**-6  # a ReLU output on a per-tensor grid
         w = _grid((out_ch, shape[1], 3, 3), (1, 1, 1, 1), g)
-        out, took = torch.ops.swalp.int8_conv(x.to(device), w.to(device), [stride] * 2, [pad] * 2, [1, 1])
+        out, took = torch.ops.swalp.int8_conv(x.to(device), w.to(device), None, [stride] * 2, [pad] * 2, [1, 1])
         cases += 1
         want = F.conv2d(x.double(), w.double(), None, stride, pad).float()
         if not (bool(took) and torch.equal(out.cpu(), want)):

@@ -61,8 +61,8 @@ def _note(record: dict | None, product: str, took: Tensor | bool) -> None:
         record[product]["int8" if bool(took) else "float"] += 1
 
 
-def _mm(a: Tensor, b: Tensor, product: str, record: dict | None) -> Tensor:
-    out, took = torch.ops.swalp.exact_mm(a, b)
+def _mm(a: Tensor, b: Tensor, product: str, record: dict | None, bias: Tensor | None = None) -> Tensor:
+    out, took = torch.ops.swalp.exact_mm(a, b, bias)
     _note(record, product, took)
     return out
 
@@ -73,10 +73,9 @@ class _LinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, record):
-        out = _mm(x, weight.t(), "forward", record)
         ctx.save_for_backward(x, weight)
         ctx.record = record
-        return out if bias is None else out + bias
+        return _mm(x, weight.t(), "forward", record, bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -107,50 +106,35 @@ class Int8Linear(nn.Linear):
 # --- convolutions ----------------------------------------------------------------------
 
 
-def _pairs(conv: nn.Module) -> tuple:
-    """kernel, stride, padding, dilation as 2-D pairs (a Conv1d is a Conv2d of height 1)."""
-    if isinstance(conv, nn.Conv1d):
-        return (1, conv.kernel_size[0]), (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0])
-    return conv.kernel_size, conv.stride, conv.padding, conv.dilation
-
-
 class _ConvFn(torch.autograd.Function):
-    """A 2-D convolution (groups 1, zero padding; 4-D x and weight) through the swalp::int8_conv
-    ops (swalp/ops/intconv.py): forward and weight gradient in int8 where exact."""
+    """A 1-D or 2-D convolution (groups 1, zero padding) through the swalp::int8_conv ops
+    (swalp/ops/intconv.py): forward and weight gradient in int8 where exact."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, geometry, record):
         ctx.save_for_backward(x, weight)
         ctx.geometry, ctx.record = geometry, record
-        out, took = torch.ops.swalp.int8_conv(x, weight, *geometry[1:])
+        out, took = torch.ops.swalp.int8_conv(x, weight, bias, *geometry)
         _note(record, "forward", took)
-        return out if bias is None else out + bias.view(1, -1, 1, 1)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        geometry = ctx.geometry[1:]
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:  # float: see swalp/ops/intconv.py
-            gx = torch.nn.grad.conv2d_input(x.shape, weight, grad, *geometry)
-            _note(ctx.record, "input_grad", False)
-        if ctx.needs_input_grad[1]:
-            gw, took = torch.ops.swalp.int8_conv_weight(grad, x, weight.shape, *geometry)
+        mask = list(ctx.needs_input_grad[:3])
+        gx, gw, gb, took = torch.ops.swalp.int8_conv_backward(grad, x, weight, *ctx.geometry, mask)
+        if mask[0]:
+            _note(ctx.record, "input_grad", False)  # torch's: see swalp/ops/intconv.py
+        if mask[1]:
             _note(ctx.record, "weight_grad", took)
-        if ctx.needs_input_grad[2]:
-            gb = grad.sum((0, 2, 3))
-        return gx, gw, gb, None, None
+        return (gx if mask[0] else None), (gw if mask[1] else None), (gb if mask[2] else None), None, None
 
 
 class _Int8ConvMixin:
     def forward(self, x: Tensor) -> Tensor:
         if not self._int8_applies(x):
             return super().forward(x)
-        geometry = _pairs(self)  # (kernel, stride, padding, dilation), each a pair
-        if isinstance(self, nn.Conv1d):
-            out = _ConvFn.apply(x.unsqueeze(2), self.weight.unsqueeze(2), self.bias, geometry, _record(self))
-            return out.squeeze(2)
-        return _ConvFn.apply(x, self.weight, self.bias, geometry, _record(self))
+        return _ConvFn.apply(x, self.weight, self.bias, (self.stride, self.padding, self.dilation), _record(self))
 
     def _int8_applies(self, x: Tensor) -> bool:
         # The int8 form covers the common convolution; the rest keeps torch's (listed as float).

@@ -12,17 +12,19 @@ is opaque to ``torch.compile`` (its choice depends on the data).
   (each its own scale): per-channel and per-tensor weights qualify.
 * weight gradient: ``dY^T`` (one scale per output channel over every position) times the
   patches (one scale for the whole input): per-tensor errors and activations qualify.
-* input gradient: torch's (``torch.nn.grad.conv2d_input``). In im2col form it would need
+* input gradient (and bias gradient): torch's ``convolution_backward``. In im2col form it would need
   per-tensor weights and a float64 col2im of patch sums; measured on the CPU (2-core Xeon,
   VGG-16) that glue cost ten times what the float gradient does, so it is not offered.
 
-Not public: :mod:`swalp.nn` builds ``Int8Conv1d``/``Int8Conv2d`` on these.
+A 1-D convolution runs as a 2-D one of height 1. Off the grid each op is torch's own
+convolution (or its backward), so a layer that never qualifies computes as nn.Conv does, bit
+for bit. Not public: :mod:`swalp.nn` builds ``Int8Conv1d``/``Int8Conv2d`` on these.
 
 Example:
     >>> import torch
     >>> x = torch.arange(16.0).view(1, 1, 4, 4)               # integers: on the grid 2^0
     >>> w = torch.tensor([[[[1.0, -1.0], [0.5, 0.25]]]])      # on the grid 2^-2
-    >>> out, took = torch.ops.swalp.int8_conv(x, w, [1, 1], [0, 0], [1, 1])
+    >>> out, took = torch.ops.swalp.int8_conv(x, w, None, [1, 1], [0, 0], [1, 1])
     >>> bool(took), torch.equal(out, torch.nn.functional.conv2d(x, w))
     (True, True)
 """
@@ -73,39 +75,76 @@ def _flag(took: bool) -> Tensor:
     return torch.tensor(took)
 
 
+def _as_2d(x: Tensor, weight: Tensor, stride, padding, dilation) -> tuple:
+    """A 1-D convolution as a 2-D one of height 1: 4-D ``x`` and ``weight``, pairs of geometry."""
+    if x.dim() == 4:
+        return x, weight, tuple(stride), tuple(padding), tuple(dilation)
+    return x.unsqueeze(2), weight.unsqueeze(2), (1, stride[0]), (0, padding[0]), (1, dilation[0])
+
+
 @torch.library.custom_op("swalp::int8_conv", mutates_args=())
-def int8_conv(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int],
+def int8_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int], padding: Sequence[int],
               dilation: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """``(conv(x, weight) + bias, took_int8)`` for a 1-D or 2-D convolution (groups 1, zero
+    padding); off the grid, torch's own convolution, so a fallback is nn.Conv's bit for bit."""
+    x4, w4, stride4, padding4, dilation4 = _as_2d(x, weight, stride, padding, dilation)
     out_ch = weight.shape[0]
-    gx = codes_4d(x, "tensor") or codes_4d(x, "sample")  # one scale for all rows is one multiply less
-    gw = grid_codes(_weight_rows(weight), 1) if gx is not None else None
+    gx = codes_4d(x4, "tensor") or codes_4d(x4, "sample")  # one scale for all rows is one multiply less
+    gw = grid_codes(_weight_rows(w4), 1) if gx is not None else None
     if gw is None:
-        return F.conv2d(x, weight, None, stride, padding, dilation), _flag(False)
-    cols, (ho, wo) = im2col(gx.codes, weight.shape[2:], stride, padding, dilation)
+        return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False,
+                                          [0] * len(stride), 1), _flag(False)
+    cols, (ho, wo) = im2col(gx.codes, w4.shape[2:], stride4, padding4, dilation4)
     rows = GridCodes(cols, gx.scale if gx.scale.shape[0] == 1 else gx.scale.repeat_interleave(ho * wo, 0))
     y = codes_mm(rows, GridCodes(gw.codes.t(), gw.scale.t()))
-    return y.view(x.shape[0], ho, wo, out_ch).permute(0, 3, 1, 2).contiguous(), _flag(True)
+    if bias is not None:
+        y = y + bias
+    out = y.view(x.shape[0], ho, wo, out_ch).permute(0, 3, 1, 2)
+    return (out if x.dim() == 4 else out.squeeze(2)).contiguous(), _flag(True)
 
 
 @int8_conv.register_fake
-def _(x, weight, stride, padding, dilation):
-    return F.conv2d(x, weight, None, stride, padding, dilation), torch.empty((), dtype=torch.bool)
+def _(x, weight, bias, stride, padding, dilation):
+    out = torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), 1)
+    return out, torch.empty((), dtype=torch.bool)
 
 
-@torch.library.custom_op("swalp::int8_conv_weight", mutates_args=())
-def int8_conv_weight(grad: Tensor, x: Tensor, w_shape: Sequence[int], stride: Sequence[int],
-                     padding: Sequence[int], dilation: Sequence[int]) -> tuple[Tensor, Tensor]:
-    out_ch = w_shape[0]
-    # dY^T: one row per output channel, its columns in the (n, ho, wo) order of im2col's rows.
-    a = grid_codes(grad.transpose(0, 1).reshape(out_ch, -1), 1)
-    cx = codes_4d(x, "tensor") if a is not None else None
-    if cx is None:
-        return torch.nn.grad.conv2d_weight(x, w_shape, grad, stride, padding, dilation), _flag(False)
-    cols, _ = im2col(cx.codes, w_shape[2:], stride, padding, dilation)
-    o, c, kh, kw = w_shape
-    return codes_mm(a, GridCodes(cols, cx.scale)).view(o, kh, kw, c).permute(0, 3, 1, 2).contiguous(), _flag(True)
+@torch.library.custom_op("swalp::int8_conv_backward", mutates_args=())
+def int8_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int],
+                       dilation: Sequence[int], mask: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(grad_input, grad_weight, grad_bias, took_int8)`` for the outputs ``mask`` asks for (the
+    others empty): the weight gradient from codes where exact, the rest (and everything, off
+    the grid) from torch's ``convolution_backward`` in one call, as nn.Conv's backward makes it."""
+    n = len(stride)
+    a = cx = None
+    if mask[1]:
+        x4, w4, stride4, padding4, dilation4 = _as_2d(x, weight, stride, padding, dilation)
+        g4 = grad if grad.dim() == 4 else grad.unsqueeze(2)
+        out_ch = weight.shape[0]
+        # dY^T: one row per output channel, its columns in the (n, ho, wo) order of im2col's rows.
+        a = grid_codes(g4.transpose(0, 1).reshape(out_ch, -1), 1)
+        cx = codes_4d(x4, "tensor") if a is not None else None
+    took = cx is not None
+    # Off the grid: one call with torch's mask, as nn.Conv's backward. With the int8 weight
+    # gradient, the bias gradient is a plain sum: asking mkldnn for it computes the weight
+    # gradient too (measured: twice the time of the input gradient alone).
+    gx, gw, gb = torch.ops.aten.convolution_backward(
+        grad, x, weight, [weight.shape[0]], stride, padding, dilation, False, [0] * n, 1,
+        [mask[0], mask[1] and not took, mask[2] and not took])
+    if took:
+        if mask[2]:
+            gb = grad.sum([0, *range(2, grad.dim())])
+        cols, _ = im2col(cx.codes, w4.shape[2:], stride4, padding4, dilation4)
+        o, c, kh, kw = w4.shape
+        gw = codes_mm(a, GridCodes(cols, cx.scale)).view(o, kh, kw, c).permute(0, 3, 1, 2).reshape(weight.shape)
+    empty = grad.new_empty(0)
+    return (gx if mask[0] else empty), (gw.contiguous() if mask[1] else empty), (gb if mask[2] else empty), _flag(took)
 
 
-@int8_conv_weight.register_fake
-def _(grad, x, w_shape, stride, padding, dilation):
-    return grad.new_empty(w_shape), torch.empty((), dtype=torch.bool)
+@int8_conv_backward.register_fake
+def _(grad, x, weight, stride, padding, dilation, mask):
+    def like(t, wanted):
+        return t.new_empty(t.shape) if wanted else grad.new_empty(0)
+
+    return (like(x, mask[0]), like(weight, mask[1]), grad.new_empty(weight.shape[0]) if mask[2] else grad.new_empty(0),
+            torch.empty((), dtype=torch.bool))

@@ -149,16 +149,16 @@ def codes_mm(a: GridCodes, b: GridCodes, dtype: torch.dtype = torch.float32) -> 
 
 
 @torch.library.custom_op("swalp::exact_mm", mutates_args=())
-def exact_mm(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """``(a @ b, took_int8)``: :func:`int8_mm` where it applies, else the float product; the
-    second output is a 0-dim CPU bool saying which (for the listing in swalp/nn/int8.py)."""
+def exact_mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(a @ b + bias, took_int8)``: :func:`int8_mm` where it applies, else torch's own
+    ``addmm`` (``mm`` without bias), so a product that falls back is ``F.linear``'s bit for bit.
+    The second output is a 0-dim CPU bool saying which (for the listing in swalp/nn/int8.py)."""
     out = int8_mm(a, b)
-    took = out is not None
-    if out is None:
-        out = a @ b
-    return out, torch.tensor(took)
+    if out is not None:
+        return (out if bias is None else out + bias), torch.tensor(True)
+    return (a @ b if bias is None else torch.addmm(bias, a, b)), torch.tensor(False)
 
 
 @exact_mm.register_fake
-def _fake_exact_mm(a, b):
+def _fake_exact_mm(a, b, bias=None):
     return a.new_empty(a.shape[0], b.shape[1]), torch.empty((), dtype=torch.bool)
