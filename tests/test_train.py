@@ -261,3 +261,16 @@ def test_comm_on_one_process_says_it_does_nothing_and_changes_nothing(tmp_path):
     assert drop(comm) == drop(plain)
     with pytest.raises(ValueError, match="unknown --comm 'int4'; accepted: 'fp32', 'bfp8'"):
         resolve(tiny(tmp_path, comm="int4"))
+
+
+def test_compute_int8_lists_its_products_and_keeps_the_numbers(tmp_path):
+    lines = []
+    int8 = train(tiny(tmp_path, "int8", compute="int8"), progress=False, log=lines.append)
+    plain = run(tiny(tmp_path, "plain"))
+    assert any(line.startswith("int8 products so far: forward ") for line in lines)
+    paths = int8.pop("compute_paths")
+    assert sum(c["int8"] for layer in paths.values() for c in layer.values()) > 0
+    drop = lambda s: {k: v for k, v in s.items() if k != "wall_s"}  # noqa: E731
+    assert drop(int8) == drop(plain)  # the products are exact; on this small model the float ones are too
+    with pytest.raises(ValueError, match="unknown --compute 'int4'; accepted: 'float', 'int8'"):
+        resolve(tiny(tmp_path, compute="int4"))
