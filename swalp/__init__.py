@@ -39,7 +39,7 @@ from .formats import (
 from . import distributed
 from .nn import Quantizer, full_precision, quantize_model, set_quantizers
 from .ops import PackedTensor, pack, quantize
-from .optim import SWALPLR, LowPrecisionOptimizer, WeightAverage, update_bn
+from .optim import SWALPLR, LowPrecisionOptimizer, QuantizationStats, WeightAverage, update_bn
 from .recipes import Recipe, get_recipe
 
 __version__ = "0.1.0"
@@ -74,4 +74,5 @@ __all__ = [
     "full_precision",
     "pack",
     "PackedTensor",
+    "QuantizationStats",
 ]

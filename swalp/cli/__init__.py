@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import ablation, compare, demo, reproduce, train
+from . import ablation, compare, demo, inspect, reproduce, train
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = [demo, train, compare, ablation, reproduce]
+COMMANDS = [demo, train, inspect, compare, ablation, reproduce]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,6 +86,9 @@ def add_parser(sub) -> None:
     g.add_argument("--seed", type=int, default=None, help=f"seed of the initial weights, data order and rounding (default {_D.seed})")
     g.add_argument("--out", default=None, help=f"output folder (default {_D.out}; an earlier run there is overwritten)")
     g.add_argument("--resume", metavar="DIR", default=None, help="continue the run saved in DIR (its --out); other flags but --device are taken from it")
+    g.add_argument("--stats-every", type=int, default=None, metavar="N",
+                   help="every N steps, measure what rounding does per layer and role (saturated, flushed to zero, "
+                        "SQNR) into stats.jsonl; warns when a role is damaged (default: off)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (lines per epoch only)")
     g.add_argument("--overwrite", action="store_true", help="replace the run already in --out (without it: an error)")
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop after this epoch

@@ -7,7 +7,13 @@
 - ``"digits"``: scikit-learn's 8x8 handwritten digits (1,797 images), split 80/20 with a
   fixed seed, stratified by class, scaled to [0, 1].
 
-Both are fixed: the ``seed`` argument of the loaders does not change them, so runs with
+- ``"synthetic-cifar10"``: CIFAR-shaped images (3, 32, 32) in 10 classes, made from a fixed
+  seed: each class a smooth random pattern (4x4 noise, upsampled), each image its class's
+  pattern at a random contrast plus white noise, about zero mean and unit variance as
+  normalized CIFAR. 2,560 training and 512 test images. For the paper's CIFAR networks where
+  no CIFAR files are at hand (``swalp inspect``, benchmarks): learnable, but not CIFAR.
+
+All are fixed: the ``seed`` argument of the loaders does not change them, so runs with
 different seeds are measured on the same test set.
 """
 
@@ -27,6 +33,7 @@ from .bundle import DataBundle
 MNIST1D_SAMPLES = 10_000
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
+SYNTHETIC_SEED, SYNTHETIC_SIZES = 2019, (2560, 512)
 
 
 def mnist1d_args():
@@ -101,3 +108,20 @@ def load_digits(data_dir=None, download: bool = False, seed: int = 0) -> DataBun
     test = TensorDataset(torch.from_numpy(x_te).unsqueeze(1), torch.from_numpy(y_te))
     return DataBundle(train, test, num_classes=10, input_shape=(1, 8, 8), name="digits")
 
+
+
+def load_synthetic_cifar10(data_dir=None, download: bool = False, seed: int = 0) -> DataBundle:
+    """Synthetic CIFAR-shaped images (module docstring) as a :class:`DataBundle`; shape (3, 32, 32)."""
+    gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    patterns = torch.nn.functional.interpolate(torch.randn(10, 3, 4, 4, generator=gen), size=(32, 32),
+                                               mode="bilinear", align_corners=False)
+    patterns /= patterns.std(dim=(1, 2, 3), keepdim=True)
+
+    def split(n):
+        y = torch.randint(0, 10, (n,), generator=gen)
+        contrast = 0.5 + torch.rand(n, 1, 1, 1, generator=gen)
+        x = (patterns[y] * contrast + torch.randn(n, 3, 32, 32, generator=gen)) / 1.5
+        return TensorDataset(x, y)
+
+    train, test = (split(n) for n in SYNTHETIC_SIZES)
+    return DataBundle(train, test, num_classes=10, input_shape=(3, 32, 32), name="synthetic-cifar10")

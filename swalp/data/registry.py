@@ -1,7 +1,7 @@
 """Data sets by name: ``DATASETS`` maps a name to a loader that returns a :class:`DataBundle`.
 
-Embedded data sets need no files and no network: ``"mnist1d"`` (the default) and
-``"digits"`` (``embedded.py``). The others read files from ``data_dir``: ``"cifar10"``,
+Embedded data sets need no files and no network: ``"mnist1d"`` (the default),
+``"digits"`` and ``"synthetic-cifar10"`` (``embedded.py``). The others read files from ``data_dir``: ``"cifar10"``,
 ``"cifar100"`` (``cifar.py``), ``"mnist"`` (``mnist.py``), ``"imagenet"`` (``imagenet.py``).
 A loader is ``loader(data_dir=None, download=False, seed=0) -> DataBundle``;
 :func:`register_dataset` adds one of your own.
@@ -19,13 +19,14 @@ from typing import Callable
 from .._checks import check_choice
 from .bundle import DataBundle
 from .cifar import load_cifar10, load_cifar100
-from .embedded import load_digits, load_mnist1d
+from .embedded import load_digits, load_mnist1d, load_synthetic_cifar10
 from .imagenet import load_imagenet
 from .mnist import load_mnist
 
 DATASETS: dict[str, Callable[..., DataBundle]] = {
     "mnist1d": load_mnist1d,
     "digits": load_digits,
+    "synthetic-cifar10": load_synthetic_cifar10,
     "mnist": load_mnist,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,

@@ -51,7 +51,8 @@ MODELS: dict[str, ModelSpec] = {
 
 # data set name -> the model `swalp train --data NAME` uses when --model is not given.
 DEFAULT_MODELS: dict[str, str] = {
-    "mnist1d": "cnn1d", "digits": "cnn", "mnist": "cnn", "cifar10": "vgg16", "cifar100": "vgg16", "imagenet": "resnet18",
+    "mnist1d": "cnn1d", "digits": "cnn", "mnist": "cnn", "cifar10": "vgg16", "cifar100": "vgg16",
+    "synthetic-cifar10": "vgg16", "imagenet": "resnet18",
 }
 
 

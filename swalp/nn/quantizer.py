@@ -32,6 +32,28 @@ def _round_error(ctx, grad: Tensor) -> Tensor:
     return dispatch(grad, ctx.bwd, ctx.rounding, _seed(ctx.rounding, ctx.generator), ctx.backend)
 
 
+class _MeasuredQuantizeFn(torch.autograd.Function):
+    """While a statistics collector watches this Quantizer (swalp/optim/health.py): the same
+    roundings, seeds drawn in the same order, each also handed to ``stats.record``."""
+
+    @staticmethod
+    def forward(ctx, x, fwd, bwd, rounding, backend, generator, module, stats):
+        ctx.bwd, ctx.rounding, ctx.backend, ctx.generator = bwd, rounding, backend, generator
+        ctx.module, ctx.stats = module, stats
+        if fwd is None:
+            return x
+        y = dispatch(x, fwd, rounding, _seed(rounding, generator), backend)
+        stats.record(module, "activation", x, y, fwd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = _round_error(ctx, grad)
+        if ctx.bwd is not None:
+            ctx.stats.record(ctx.module, "error", grad, out, ctx.bwd)
+        return out, None, None, None, None, None, None, None
+
+
 class _PackedQuantizeFn(torch.autograd.Function):
     """Inside ``packed_activations``: round straight into packed form (kept in ``holder`` for
     the saved-tensor hooks, swalp/nn/saved.py) and pass on its values; backward as above."""
@@ -119,6 +141,7 @@ class Quantizer(nn.Module):
         self.backend = backend
         self.generator = check_generator(generator)
         self.enabled = True
+        self.stats = None  # a statistics collector, set by it for the steps it measures (swalp/optim/health.py)
 
     # Checked when set (here or by swalp.nn.configure_quantizers), not at every call.
     @property
@@ -155,6 +178,8 @@ class Quantizer(nn.Module):
         compiling = torch.compiler.is_compiling()
         if compiling and self.generator is None:  # before the context below: it is not traced
             return _TracedQuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend)
+        if self.stats is not None and not compiling and torch.is_grad_enabled():
+            return _MeasuredQuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend, self.generator, self, self.stats)
         saved = None if compiling else active()
         if saved is not None and packs(x, fwd):
             holder = []
@@ -171,6 +196,13 @@ class Quantizer(nn.Module):
                 if y is not None:
                     return y
         return _QuantizeFn.apply(x, fwd, bwd, self._rounding, self.backend, None)
+
+    # A copy (WeightAverage's, a pickle) is not watched: the collector watches this module.
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "stats": None}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__({"stats": None, **state})  # pickled before `stats` existed
 
     def extra_repr(self) -> str:
         return f"forward={self.forward_format}, backward={self.backward_format}, rounding={self.rounding.value}"

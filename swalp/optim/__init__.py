@@ -5,6 +5,7 @@
 * :class:`WeightAverage` keeps the running mean of the low-precision iterates in full
   precision; :func:`update_bn` refreshes its batch-norm statistics.
 * :class:`SWALPLR` (and :func:`swalp_lr`) is the paper's learning-rate schedule.
+* :class:`QuantizationStats` records what rounding does to each layer's tensors (health.py).
 
 Example:
     >>> import torch
@@ -15,7 +16,8 @@ Example:
 """
 
 from .averaging import WeightAverage, update_bn
+from .health import QuantizationStats
 from .optimizer import STORAGES, LowPrecisionOptimizer
 from .schedule import KINDS, SWALPLR, swalp_lr
 
-__all__ = ["KINDS", "LowPrecisionOptimizer", "STORAGES", "SWALPLR", "WeightAverage", "swalp_lr", "update_bn"]
+__all__ = ["KINDS", "LowPrecisionOptimizer", "QuantizationStats", "STORAGES", "SWALPLR", "WeightAverage", "swalp_lr", "update_bn"]

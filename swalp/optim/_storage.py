@@ -60,8 +60,8 @@ def _param_format(fmt: Format, x: Tensor) -> Format:
 
 class PackedStorage:
     """The packed-storage methods of LowPrecisionOptimizer (which provides ``recipe``,
-    ``storage``, ``optimizer``, ``steps``, ``_params``, ``_seed``, ``_q_many_`` and
-    ``_round_after_step``; this class holds ``packed``, ``grads`` and the hooks)."""
+    ``storage``, ``optimizer``, ``steps``, ``stats``, ``_params``, ``_seed``, ``_q_many_``,
+    ``_record`` and ``_round_after_step``; this class holds ``packed``, ``grads`` and the hooks)."""
 
     def _packs(self, fmt: Format | None) -> bool:
         return self.storage == "packed" and fmt is not None
@@ -70,9 +70,12 @@ class PackedStorage:
         """``x`` rounded straight into packed form with the seed ``_q`` would use; None where it
         has no packed form or holds a NaN (it then stays float: the training loop reports NaN)."""
         try:
-            return pack(x, _param_format(fmt, x), self.recipe.rounding, chain_seed(self._seed(steps), seed_key))
+            packed = pack(x, _param_format(fmt, x), self.recipe.rounding, chain_seed(self._seed(steps), seed_key))
         except ValueError:
             return None
+        if self.stats is not None:
+            self._record(seed_key, x, packed.unpack(x.dtype), fmt)
+        return packed
 
     def _pack_weight(self, p: Tensor, a: Tensor, fmt: Format | None, seed_key: tuple) -> bool:
         """Hold parameter ``p`` as ``a`` rounded to ``fmt``, packed; False where it cannot be."""

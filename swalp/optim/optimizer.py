@@ -67,6 +67,9 @@ SCALARS = ("step", "mu_product", "eta", "mu")
 # Roles in the per-tensor seed; the numbers are part of the run's definition (_WEIGHT is
 # no longer drawn: a parameter without a gradient keeps its weight).
 _INIT, _GRAD, _ACC, _WEIGHT, _STATE = 1, 2, 3, 4, 5
+# The role names a statistics collector sees (swalp/optim/health.py), by (role, sub); sub 1 of
+# _ACC is Q_W(a) where the weights are not the accumulator. _INIT (construction) is not measured.
+_ROLE_NAMES = {_GRAD: "grad", _ACC: "acc", _STATE: "momentum"}
 
 def _recipe_for(optimizer: Optimizer, recipe) -> Recipe:
     """The recipe given, checked against the one the model was converted with (if any)."""
@@ -157,6 +160,7 @@ class LowPrecisionOptimizer(PackedStorage, Optimizer):
         self.grads: dict[Tensor, PackedTensor] = {}  # storage="packed": gradients between backward and step
         self._hold_grads = False  # True while a step re-evaluates a closure: gradients stay float
         self._grad_hooks = []
+        self.stats = None  # a statistics collector, set by it for the steps it measures (swalp/optim/health.py)
         with torch.no_grad():
             for i, p in enumerate(self._params()):
                 self._store(i, p, p.detach().clone(), _INIT)
@@ -196,13 +200,14 @@ class LowPrecisionOptimizer(PackedStorage, Optimizer):
     # A generator does not pickle; the seed it gave (drawn at construction when needed) does.
     def __getstate__(self) -> dict:
         state = {k: v for k, v in self.__dict__.items() if k not in ("step", "_opt_called", "_grad_hooks")}
-        return {**state, "_generator": None}
+        return {**state, "_generator": None, "stats": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_prefix", (None, 0))  # pickled before _prefix existed
         self.__dict__.setdefault("grads", {})
         self.__dict__.setdefault("_hold_grads", False)
+        self.__dict__.setdefault("stats", None)
         self._grad_hooks = []  # a copy's parameters are not this one's: no hooks until add_param_group
 
     def __repr__(self) -> str:
@@ -218,7 +223,15 @@ class LowPrecisionOptimizer(PackedStorage, Optimizer):
             return x
         # formats, rounding and seed come from the checked recipe: no need to check them again
         seed = chain_seed(self._seed(), (i, role, sub))
-        return dispatch(x, _param_format(fmt, x), self.recipe.rounding, seed)
+        y = dispatch(x, _param_format(fmt, x), self.recipe.rounding, seed)
+        self._record((i, role, sub), x, y, fmt)
+        return y
+
+    def _record(self, key: tuple, x: Tensor, y: Tensor, fmt: Format) -> None:
+        """Hand the rounding ``y`` of ``x`` (seed key ``(i, role, sub)``) to the watching collector."""
+        if self.stats is not None and key[1] in _ROLE_NAMES:
+            role = "weight" if key[1] == _ACC and key[2] == 1 else _ROLE_NAMES[key[1]]
+            self.stats.record(self._params()[key[0]], role, x, y, _param_format(fmt, x))
 
     def _seed(self, steps: int | None = None) -> int:
         """``derive_seed(self.seed, steps)`` (default: ``self.steps``), computed once a step:
@@ -265,7 +278,10 @@ class LowPrecisionOptimizer(PackedStorage, Optimizer):
             xs, fmts, keys = zip(*jobs)
             z = self._seed()
             fmts = [_param_format(fmt, x) for x, fmt in zip(xs, fmts)]
+            before = [x.clone() for x in xs] if self.stats is not None else ()  # in place: keep x to compare
             dispatch_many_(list(xs), fmts, self.recipe.rounding, [chain_seed(z, k) for k in keys])
+            for x0, x, fmt, key in zip(before, xs, fmts, keys):
+                self._record(key, x0, x, fmt)
 
     def state_format(self, key: str) -> Format | None:
         """The format of optimizer state buffer ``key`` (module docstring)."""

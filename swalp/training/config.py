@@ -72,6 +72,7 @@ class TrainConfig:
     channels_last: bool = False     # NHWC layout for 4-D inputs and conv weights (GPU tensor cores)
     compile: bool = False           # torch.compile the model (no graph break; measure whether it pays)
     threads: int | None = None      # torch CPU threads; None: the model's preset (1), else torch's
+    stats_every: int | None = None  # measure what rounding does every N steps, into stats.jsonl (training/health.py)
     out: str = "runs/train"
 
 
@@ -115,7 +116,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     check_int("--avg-every", c.avg_every, 1)
     if c.placement is not None:
         check_choice("--placement", c.placement, PLACEMENTS)
-    for key in ("limit_train", "limit_test", "threads"):
+    for key in ("limit_train", "limit_test", "threads", "stats_every"):
         if getattr(c, key) is not None:
             check_int(_flag(key), getattr(c, key), 1)
     check_int("--seed", c.seed, 0, 2**63 - 1)

@@ -14,6 +14,7 @@ A run writes into ``config.out``:
                      at the end), "sgd_final" (the iterate at the end); the same under the
                      neutral names "sgd" and "average", and for a full-precision recipe also
                      under "sgd_fp" and "swa_fp". Test errors are in percent.
+    stats.jsonl      with ``stats_every``: what rounding did per layer and role (``health.py``)
     checkpoint.pt    everything needed to resume (written atomically after every epoch)
     sgd_budget.pt    the SGD iterate's weights at the end of the budget
     average.pt       the average's weights at the end (batch-norm statistics refreshed)
@@ -61,9 +62,10 @@ from .accel import place_dataset, prepare_batch, prepare_model
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint
 from .config import TrainConfig, pick_device, resolve
 from .evaluate import averaged_model, error_percent
+from .health import STATS_FILE, StatsLog, read_records, stats_line
 
 SYNC_EVERY = 50  # steps between checks of the loss for NaN/inf (each check waits for the device)
-RUN_FILES = ("checkpoint.pt", "summary.json", "metrics.jsonl", "config.json", "sgd_budget.pt", "average.pt")
+RUN_FILES = ("checkpoint.pt", "summary.json", "metrics.jsonl", "config.json", "sgd_budget.pt", "average.pt", STATS_FILE)
 
 
 def _silent(line: str) -> None:
@@ -95,6 +97,7 @@ class Run:
     scheduler: SWALPLR
     average: WeightAverage
     comm: BFPCommState | None = None  # the 8-bit gradient all-reduce's state (--comm bfp8 under torchrun)
+    stats: StatsLog | None = None  # --stats-every: the quantization statistics
     epoch: int = 0  # the last finished epoch
     step: int = 0
     metrics: list[dict] = field(default_factory=list)
@@ -156,16 +159,24 @@ def fit(run: Run, *, progress: bool = True, log=print, stop_after: int | None = 
     if not distributed.is_main():
         log, progress = _silent, False
     log, cfg = log or _silent, run.cfg
+    say = log  # lines that must not break the progress bar
     started = time.time()
     bar = tqdm(total=cfg.epochs * run.steps_per_epoch, initial=run.epoch * run.steps_per_epoch, disable=not progress,
                desc=f"{cfg.model}/{cfg.data} {run.recipe.name}", unit="step", dynamic_ncols=True, leave=False)
+    if progress:
+        say = bar.write
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
         row = train_epoch(run, epoch, bar)
         row.update(evaluate(run))
+        warnings = []
+        if run.stats is not None:
+            row["stats"] = run.stats.end_epoch(epoch, warnings.append)
         run.metrics.append(row)
         run.epoch = epoch
         save(run)
-        bar.write(epoch_line(cfg, row)) if progress else log(epoch_line(cfg, row))
+        say(epoch_line(cfg, row))
+        for line in ([stats_line(row["stats"])] + warnings if run.stats is not None else []):
+            say(line)
         if cfg.compute == "int8" and epoch == 1:
             log(int8_line(run.model))
         if stop_after is not None and stop_after <= epoch < cfg.epochs:
@@ -207,6 +218,9 @@ def start(config: TrainConfig = TrainConfig(), *, resume: str | None = None, log
     if state is not None:
         _restore(run, state, resume)
         log(f"resuming {run.out} after epoch {run.epoch}/{cfg.epochs}")
+    if cfg.stats_every is not None:
+        run.stats = StatsLog(run.model, run.optimizer, cfg.stats_every, run.epoch,
+                             read_records(run.out, run.step) if state is not None else [])
     run.write("config.json", to_json(dataclasses.asdict(cfg)))
     _write_metrics(run)
     return run
@@ -374,6 +388,8 @@ def finish(run: Run, started: float, log) -> dict:
     run.write("average.pt", _torch_save(_averaged(run).state_dict()))
     summary = make_summary(cfg, run.recipe, run.metrics, run.average, run.model)
     summary["wall_s"] = round(time.time() - started, 2)
+    if run.stats is not None:
+        summary["stats"] = run.stats.summary()
     run.write("summary.json", to_json(summary))
     log(f"SGD iterate at the budget (epoch {cfg.budget}): {summary['sgd']['test_error']:.2f}%  "
         f"average at the end (epoch {cfg.epochs}): {summary['average']['test_error']:.2f}%  -> {run.out}")
@@ -421,3 +437,5 @@ def _torch_save(obj):
 
 def _write_metrics(run: Run) -> None:
     run.write("metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.metrics))
+    if run.stats is not None:
+        run.write(STATS_FILE, run.stats.text())
