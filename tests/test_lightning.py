@@ -62,14 +62,15 @@ def _swalp(cfg, **kw):
     return SWALP(cfg.recipe, budget=cfg.budget, swa_lr=cfg.swa_lr, seed=cfg.seed, lr_ratio=cfg.lr_ratio, **kw)
 
 
-def test_callback_trains_exactly_as_swalp_train(tmp_path, one_thread):
+@pytest.mark.parametrize("stats_every", [None, 3])
+def test_callback_trains_exactly_as_swalp_train(tmp_path, one_thread, stats_every):
     cfg = resolve(TrainConfig(**TINY, out=str(tmp_path / "run")))
     train(cfg, progress=False, log=None)
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     average = torch.load(tmp_path / "run" / "average.pt", weights_only=False)
 
     model, loader, _ = _setup(cfg)
-    callback = _swalp(cfg, average_at_end=False)
+    callback = _swalp(cfg, average_at_end=False, stats_every=stats_every)  # measuring changes no number
     trainer = _trainer(tmp_path, cfg.epochs, callbacks=[callback], enable_checkpointing=False)
     trainer.fit(Lit(model, cfg), loader)
     # Bit for bit: the same initial weights, data order, roundings and schedule.
@@ -147,3 +148,20 @@ def test_step_unit_averages_every_n_optimizer_steps(tmp_path, one_thread):
              accumulate_grad_batches=2).fit(Lit(model, cfg), loader)
     # 4 optimizer steps per epoch (7 batches, 2 per step); from step 2 * 4 = 8 to 16, every 3: 8, 11, 14.
     assert callback.steps_per_epoch == 4 and int(callback.average.n_averaged) == 3
+
+
+def test_stats_are_logged_and_problems_warned_once(tmp_path, one_thread):
+    cfg = resolve(TrainConfig(**{**TINY, "epochs": 3}, recipe="fixed8", bits=4, out=str(tmp_path / "run")))
+    model, loader, _ = _setup(cfg)
+    callback = SWALP("fixed8", bits=4, budget=2, swa_lr=cfg.swa_lr, stats_every=2)
+    trainer = _trainer(tmp_path, cfg.epochs, callbacks=[callback], enable_checkpointing=False)
+    with pytest.warns(UserWarning, match="swalp: error of layer 'model.0': .* flushed to zero") as caught:
+        trainer.fit(Lit(model, cfg), loader)
+    messages = [str(w.message) for w in caught if str(w.message).startswith("swalp: ")]
+    kinds = [(m.split(" of layer")[0], m.split(" at step")[0].split()[-1]) for m in messages]
+    assert len(kinds) == len(set(kinds))  # once per role and kind
+    assert [r["step"] for r in callback.stats.records] == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21]  # 7 steps an epoch
+    assert trainer.callback_metrics["swalp/flushed_max"] > 0.5
+    assert "swalp/sqnr_db_min" in trainer.callback_metrics and callback.stats.optimizer.stats is None  # closed
+    with pytest.raises(ValueError, match="stats_every must be an integer >= 1, got 0"):
+        SWALP(budget=1, swa_lr=0.1, stats_every=0)

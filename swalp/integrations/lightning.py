@@ -17,6 +17,10 @@ Lightning's):
   ``swalp/n_averaged`` is logged. ``validate_average=False`` validates the iterate instead.
 * at the end of ``fit``, the module holds the average in full precision
   (``average_at_end=False`` leaves the last iterate).
+* with ``stats_every=N``, a :class:`swalp.QuantizationStats` measures what rounding does every
+  N steps (``callback.stats.records``); the worst figures of each measured step are logged as
+  ``swalp/sqnr_db_min``, ``swalp/flushed_max`` and ``swalp/saturated_max``, and each kind of
+  problem (role and figure past its threshold) is warned about once, with the advice.
 * checkpoints carry the average, its count and torch's global generator (the Quantizers'
   seeds come from it), so a resumed ``fit`` continues bit for bit on the CPU.
 
@@ -57,7 +61,8 @@ import torch
 from .._checks import check_bool, check_choice, check_int, check_number
 from ..data import epoch_order
 from ..nn import full_precision, quantize_model, quantizers
-from ..optim import KINDS, SWALPLR, LowPrecisionOptimizer, WeightAverage, update_bn
+from ..optim import KINDS, SWALPLR, LowPrecisionOptimizer, QuantizationStats, WeightAverage, update_bn
+from ..optim.health import worst
 from ..recipes import Recipe, get_recipe
 from . import _require
 
@@ -104,12 +109,13 @@ class SWALP(pl.Callback):
         avg_format: keep the average in this format (None: float32).
         validate_average: validate the average once it exists (else the iterate).
         average_at_end: leave the module holding the average after ``fit``.
+        stats_every: measure quantization statistics every this many steps (None: never).
     """
 
     def __init__(self, recipe: str | Recipe = "paper", *, budget: int, swa_lr: float, bits: int | None = None,
                  avg_every: int = 1, avg_unit: str = "epoch", lr_ratio: float = 0.01, schedule: str = "swalp",
                  seed: int = 0, placement: str | None = None, compute: str = "float", avg_format=None,
-                 validate_average: bool = True, average_at_end: bool = True):
+                 validate_average: bool = True, average_at_end: bool = True, stats_every: int | None = None):
         check_int("budget", budget, 1)
         check_number("swa_lr", swa_lr, 0, lo_open=True)
         check_int("avg_every", avg_every, 1)
@@ -119,6 +125,8 @@ class SWALP(pl.Callback):
         check_int("seed", seed, 0, 2**63 - 1)
         check_bool("validate_average", validate_average)
         check_bool("average_at_end", average_at_end)
+        if stats_every is not None:
+            check_int("stats_every", stats_every, 1)
         self.recipe = get_recipe(recipe, bits)
         self.budget, self.swa_lr, self.avg_every, self.avg_unit = budget, swa_lr, avg_every, avg_unit
         self.lr_ratio, self.schedule, self.seed = lr_ratio, schedule, seed
@@ -129,6 +137,8 @@ class SWALP(pl.Callback):
         self._restored: dict | None = None
         self._swapped: tuple | None = None
         self._last_step: int | None = None  # avg_unit "step": the global step last looked at
+        self.stats_every, self.stats = stats_every, None
+        self._reported, self._warned = 0, set()  # records logged so far; (role, figure) warned about
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -143,17 +153,21 @@ class SWALP(pl.Callback):
         original = type(pl_module).configure_optimizers
 
         def configure_optimizers():
-            return self._wrap(trainer, original(pl_module))
+            return self._wrap(trainer, original(pl_module), pl_module)
 
         pl_module.configure_optimizers = configure_optimizers  # this instance, this fit (teardown undoes it)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         pl_module.__dict__.pop("configure_optimizers", None)
+        if self.stats is not None:
+            self.stats.close()
 
-    def _wrap(self, trainer, returned):
+    def _wrap(self, trainer, returned, pl_module):
         optimizer = _one_optimizer(returned)
         self.steps_per_epoch = math.ceil(trainer.estimated_stepping_batches / trainer.max_epochs)
         wrapped = LowPrecisionOptimizer(optimizer, self.recipe, seed=self.seed)
+        if self.stats_every is not None:
+            self.stats, self._reported = QuantizationStats(pl_module, wrapped, every=self.stats_every), 0
         schedule = SWALPLR(wrapped, budget=self.budget, swa_lr=self.swa_lr, ratio=self.lr_ratio,
                            steps_per_epoch=self.steps_per_epoch, kind=self.schedule)
         return {"optimizer": wrapped, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -180,6 +194,18 @@ class SWALP(pl.Callback):
             due = last and epoch >= self.budget and (epoch - self.budget) % self.avg_every == 0
         if due:
             self.average.update_parameters(pl_module)
+        if self.stats is not None and len(self.stats.records) > self._reported:
+            self._report(pl_module, self.stats.records[self._reported:])
+            self._reported = len(self.stats.records)
+
+    def _report(self, pl_module, records: list[dict]) -> None:
+        for figure, w in worst(records).items():
+            if figure != "max_ratio":
+                pl_module.log(f"swalp/{figure}_{'min' if figure == 'sqnr_db' else 'max'}", float(w["value"]))
+        for problem in self.stats.problems(records):
+            if (problem.role, problem.figure) not in self._warned:
+                self._warned.add((problem.role, problem.figure))
+                pl.utilities.rank_zero_warn(f"swalp: {problem}")
 
     # --- validation of the average ------------------------------------------------------
 

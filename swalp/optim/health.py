@@ -108,12 +108,12 @@ class QuantizationStats:
             raise ValueError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
         self.every = check_int("every", every, 1)
         self.model, self.optimizer, self.on_record = model, optimizer, on_record
-        self.names: dict = {}  # Quantizer or Parameter -> its layer's name
+        self.names: dict = {}  # Quantizer or Parameter -> its layer's name, in the model's order
         for fqn, m in model.named_modules():
-            if isinstance(m, Quantizer):
-                self.names[m] = fqn.removesuffix(".quantizer") or fqn or "(model)"
-        for fqn, p in model.named_parameters():
-            self.names.setdefault(p, fqn.rpartition(".")[0] or fqn)
+            if isinstance(m, Quantizer):  # attached by quantize_model as `layer.quantizer`: the layer's
+                self.names[m] = fqn.removesuffix(".quantizer") or "(model)"
+            for name, p in m.named_parameters(recurse=False):
+                self.names.setdefault(p, fqn or name)
         self.layers = list(dict.fromkeys(self.names.values()))
         self.records: list[dict] = []
         self.formats: dict[tuple[str, str], Format] = {}  # (layer, role) -> the format it rounds to
