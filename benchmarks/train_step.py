@@ -19,6 +19,9 @@ Models:
     python benchmarks/train_step.py --packed    # also the real 8-bit storage: packed weights,
                                                 # gradients, momentum and saved activations
     python benchmarks/train_step.py --int8      # also integer products (swalp/nn/int8.py)
+    python benchmarks/train_step.py --stats-every 10 --steps 20   # also the recipe measured by
+        # swalp.QuantizationStats every 10 steps: the mean step time against the unmeasured
+        # recipe's (means, not medians: one step in 10 costs more; --steps a multiple of 10)
 
 SGD settings are the paper's VGG-16 ones (lr 0.05, momentum 0.9, wd 5e-4) for both
 models; the learning rate does not change the cost of a step.
@@ -57,11 +60,13 @@ def batch_for(name: str, generator: torch.Generator):
     raise ValueError(f"unknown model {name!r}; accepted: {', '.join(map(repr, BATCH))}")
 
 
-def make_step(model_name, num_classes, input_shape, recipe, compile=False, packed=False, compute="float"):
+def make_step(model_name, num_classes, input_shape, recipe, compile=False, packed=False, compute="float",
+              stats_every=None):
     """A closure running one training step; recipe None is plain PyTorch FP32; ``compile``
     calls the model through ``torch.compile`` (the optimizer step stays eager); ``packed``
     holds the state packed (``storage="packed"``) and the saved activations too; ``compute``
-    "int8" multiplies 8-bit codes where that is exact (``quantize_model(compute=...)``)."""
+    "int8" multiplies 8-bit codes where that is exact (``quantize_model(compute=...)``);
+    ``stats_every`` measures quantization statistics every that many steps."""
     torch.manual_seed(0)
     model = build_model(model_name, num_classes, input_shape)
     sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -69,6 +74,8 @@ def make_step(model_name, num_classes, input_shape, recipe, compile=False, packe
     if recipe is not None:
         swalp.quantize_model(model, recipe, compute=compute)
         opt = swalp.LowPrecisionOptimizer(sgd, recipe, seed=0, storage="packed" if packed else "simulated")
+        if stats_every is not None:
+            opt.watcher = swalp.QuantizationStats(model, opt, every=stats_every)  # kept alive with the step
     model.train()
     net = torch.compile(model, fullgraph=True) if compile else model
     saved = swalp.nn.packed_activations if packed else contextlib.nullcontext
@@ -100,10 +107,14 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="also time both with torch.compile (inductor)")
     p.add_argument("--packed", action="store_true", help="also time the recipe with packed storage and activations")
     p.add_argument("--int8", action="store_true", help="also time the recipe with int8 products (compute='int8')")
+    p.add_argument("--stats-every", type=int, default=None, metavar="N",
+                   help="also time the recipe with quantization statistics every N steps (mean step times)")
     p.add_argument("--json", metavar="FILE", help="also write the records as JSON")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.stats_every is not None and (args.stats_every < 1 or args.steps % args.stats_every):
+        p.error("--stats-every must be >= 1 and divide --steps (each measured step counted as often as it occurs)")
     recipe = swalp.get_recipe(args.recipe)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,6 +125,7 @@ def main(argv=None) -> int:
     header = f"{'model':<8}{'batch':>6}{'fp32 ms':>10}{recipe.name + ' ms':>14}{'ratio':>8}"
     header += f"{'packed ms':>11}{'/ simulated':>12}" if args.packed else ""
     header += f"{'int8 ms':>9}{'/ fp32':>8}" if args.int8 else ""
+    header += f"{'mean ms':>9}{'stats mean':>12}{'/ mean':>8}" if args.stats_every else ""
     print(header + (f"{'fp32 compiled':>15}{recipe.name + ' compiled':>17}{'ratio':>8}" if args.compile else ""))
     records = []
     gen = torch.Generator().manual_seed(0)
@@ -125,6 +137,8 @@ def main(argv=None) -> int:
             steps["packed"] = make_step(model_name, classes, shape, recipe, packed=True)
         if args.int8:
             steps["int8"] = make_step(model_name, classes, shape, recipe, compute="int8")
+        if args.stats_every:
+            steps["stats"] = make_step(model_name, classes, shape, recipe, stats_every=args.stats_every)
         if args.compile:
             steps.update({"fp32 compiled": make_step(model_name, classes, shape, None, compile=True),
                           f"{recipe.name} compiled": make_step(model_name, classes, shape, recipe, compile=True)})
@@ -144,6 +158,11 @@ def main(argv=None) -> int:
         if args.int8:
             compiled.update(int8_seconds=med["int8"], int8_ratio=med["int8"] / med["fp32"])
             line += f"{med['int8'] * 1e3:>9.1f}{med['int8'] / med['fp32']:>8.2f}"
+        if args.stats_every:
+            plain, watched = statistics.mean(times[recipe.name]), statistics.mean(times["stats"])
+            compiled.update(stats_every=args.stats_every, recipe_mean_seconds=plain, stats_mean_seconds=watched,
+                            stats_ratio=watched / plain)
+            line += f"{plain * 1e3:>9.1f}{watched * 1e3:>12.1f}{watched / plain:>8.3f}"
         if args.compile:
             fp, lp = med["fp32 compiled"], med[f"{recipe.name} compiled"]
             compiled.update(fp32_compiled_seconds=fp, recipe_compiled_seconds=lp, compiled_ratio=lp / fp)

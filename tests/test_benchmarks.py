@@ -27,11 +27,11 @@ def test_quantize_benchmark_writes_a_record_per_format_and_rounding(tmp_path):
 
 def test_train_step_benchmark_times_both_recipes(tmp_path):
     out = run("train_step.py", "--models", "cnn1d", "--steps", "2", "--warmup", "1", "--threads", "1",
-              "--compile", "--packed", "--int8", "--json", str(tmp_path / "t.json"))
+              "--compile", "--packed", "--int8", "--stats-every", "2", "--json", str(tmp_path / "t.json"))
     assert out.returncode == 0, out.stderr[-2000:]
     (record,) = json.loads((tmp_path / "t.json").read_text())
     assert record["model"] == "cnn1d" and record["compiled_ratio"] > 0 and record["packed_ratio"] > 0
-    assert record["int8_ratio"] > 0
+    assert record["int8_ratio"] > 0 and record["stats_ratio"] > 0 and record["stats_every"] == 2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: run benchmarks/gpu_quantize.py itself")

@@ -312,3 +312,34 @@ def test_stats_change_no_number_and_resume_writes_the_same_file(tmp_path):
 def test_stats_every_is_checked(tmp_path):
     with pytest.raises(ValueError, match="--stats-every must be an integer >= 1, got 0"):
         resolve(TrainConfig(stats_every=0))
+
+
+# --- the C++ pass against the torch path ---------------------------------------------------
+
+CASES = [
+    ("fixed8", (7, 33)), ("e4m3", (5, 40)), ("e5m2", (3, 4, 5)), ("bfp8", (64, 10)), ("bfp6", ()),
+    (BlockFloat(8, block=PerAxis(0)), (6, 3, 4)), (BlockFloat(8, block=PerAxis(1)), (4, 7, 3)),
+    (BlockFloat(5, ebits=3, block=PerAxis(-1)), (9, 11)), ("mxint8", (5, 70)), ("mxfp8_e4m3", (3, 96)),
+    (MXFloat(FP8_E4M3, block=PerGroup(8, 1)), (3, 21, 4)), (BlockFloat(8, block=PerGroup(4, 0)), (10, 3)),
+]
+
+
+@pytest.mark.parametrize("fmt,shape", CASES, ids=[f"{f}-{s}" for f, s in CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_cpp_pass_equals_the_torch_path(fmt, shape, dtype):
+    from swalp.ops.stats import _layout, _reference_sums, rounding_sums
+
+    fmt = swalp.get_format(fmt)
+    gen = torch.Generator().manual_seed(len(shape) + 7)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * torch.logspace(-3, 3, max(1, x_len(shape)),
+                                                                                   dtype=torch.float64).view(shape)).to(dtype)
+    if x.numel() > 4:
+        x.view(-1)[:4] = torch.tensor([math.nan, math.inf, 0.0, 1e4], dtype=dtype)
+    y = swalp.quantize(x, fmt, "stochastic", seed=3)
+    fast, slow = rounding_sums(x, y, fmt), _reference_sums(x, y, _layout(x, fmt))
+    assert fast[:4].tolist() == slow[:4].tolist() and fast[6] == slow[6]  # counts and max exactly
+    assert fast[4:6].tolist() == pytest.approx(slow[4:6].tolist(), rel=1e-5)
+
+
+def x_len(shape):
+    return math.prod(shape) if shape else 1

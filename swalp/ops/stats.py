@@ -35,18 +35,21 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..formats import BlockFloat, FixedPoint, FloatFormat, Format, MXFloat
-from ._reference import block_exponent, compute_dtype, float_bound, floor_log2, int_bound, pow2_mul
+from ..formats import BlockFloat, FixedPoint, FloatFormat, Format, MXFloat, PerAxis, PerTensor
+from . import cpu
+from ._reference import axis_index, compute_dtype, floor_log2, pow2_mul
 
 __all__ = ["FIGURES", "SUMS", "combine_sums", "format_max", "rounding_stats", "rounding_sums", "stats_from_sums"]
 
 # The sums, in this order, that rounding_sums returns (float64): finite elements, saturated,
-# nonzero, nonzero flushed to zero, sum x^2, sum (x - y)^2, max |x|.
-SUMS = ("numel", "saturated", "nonzero", "flushed", "signal", "noise", "absmax")
+# nonzero x, nonzero y, sum x^2, sum (x - y)^2, max |x|. Flushed = nonzero x - nonzero y: a
+# rounding of 0 is 0, so every nonzero y comes from a nonzero x.
+SUMS = ("numel", "saturated", "nonzero", "nonzero_after", "signal", "noise", "absmax")
 FIGURES = ("saturated", "flushed", "sqnr_db", "max_ratio")  # what stats_from_sums reports
 
 
@@ -63,26 +66,77 @@ def format_max(fmt: Format) -> float:
     raise ValueError(f"not a format: {fmt!r}")
 
 
-def _bounds(x: Tensor, fmt: Format) -> tuple[Tensor | float, Tensor | float]:
-    """``(lo, hi)``: each element's grid range widened by one step of the grid at its ends
-    (scalars, or tensors of x's shape); beyond them, the clamp costs more than rounding can."""
+@dataclass(frozen=True)
+class _Layout:
+    """The torch path's layout: x viewed as [outer, L, inner]; element (o, l, i) has the top grid
+    step ``step[o * so + (l // k) * sl + i * si]`` (as swalp/ops/cpu/csrc/stats.cpp indexes it)."""
+
+    step: Tensor  # float64, at block granularity
+    L: int
+    inner: int
+    k: int = 1
+    so: int = 0
+    sl: int = 0
+    si: int = 0
+
+    def expand(self, outer: int) -> Tensor:
+        """The step of every element, shape [outer, L, inner] (the torch path)."""
+        if self.k > 1:  # tiles along L: [outer, T, inner] -> one row per element of L
+            return self.step.view(outer, -1, self.inner).repeat_interleave(self.k, dim=1)[:, : self.L]
+        shape = [outer if self.so else 1, self.L if self.sl else 1, self.inner if self.si else 1]
+        return self.step.view(shape).expand(outer, self.L, self.inner)
+
+
+def _top_step(fmt: Format, m: Tensor | None) -> Tensor | float:
+    """The grid step at the top of a block whose largest finite magnitude is ``m`` (float64 values)."""
     if isinstance(fmt, FixedPoint):
-        step = 2.0**-fmt.fl
-        return (int_bound(-(2 ** (fmt.wl - 1)), x.dtype) - 1) * step, (int_bound(2 ** (fmt.wl - 1) - 1, x.dtype) + 1) * step
+        return 2.0**-fmt.fl
     if isinstance(fmt, FloatFormat):
-        top = float_bound(fmt, x.dtype) + 2.0 ** (fmt.emax - fmt.man)
-        return -top, top
-    if isinstance(fmt, BlockFloat):
-        shift = (fmt.wl - 2) - block_exponent(x, fmt.block, fmt.emin, fmt.emax)
-        one = torch.ones_like(x)
-        lo, hi = int_bound(fmt.qmin, x.dtype) - 1, int_bound(fmt.qmax, x.dtype) + 1
-        return pow2_mul(one * lo, -shift), pow2_mul(one * hi, -shift)
-    if isinstance(fmt, MXFloat):
-        scale = block_exponent(x, fmt.block, fmt.emin, fmt.emax, offset=fmt.element.emax)
-        e = fmt.element
-        hi = pow2_mul(torch.full_like(x, float_bound(e, x.dtype) + 2.0 ** (e.emax - e.man)), scale)
-        return -hi, hi
-    raise ValueError(f"not a format: {fmt!r}")
+        return 2.0 ** (fmt.emax - fmt.man)
+    e = floor_log2(torch.where(m > 0, m, 1.0))
+    if isinstance(fmt, BlockFloat):  # swalp/ops/_reference.py block_exponent, at block granularity
+        e = torch.where(m > 0, e, fmt.emin).clamp(fmt.emin, fmt.emax)
+        return torch.exp2((e - (fmt.wl - 2)).double())
+    off = fmt.element.emax
+    e = torch.where(m > 0, e - off, fmt.emin).clamp(fmt.emin, fmt.emax)
+    return torch.exp2((e + off - fmt.element.man).double())
+
+
+def _layout(x: Tensor, fmt: Format) -> _Layout:
+    """The top grid step of each block of ``x``; block maxima leave non-finite elements out."""
+    n = max(x.numel(), 1)
+    block = getattr(fmt, "block", None)
+    if block is None:
+        return _Layout(torch.full((1,), _top_step(fmt, None), dtype=torch.float64, device=x.device), n, 1)
+    a = x.abs().nan_to_num_(0.0, 0.0, 0.0)  # one copy, as swalp/ops/_reference.py block_absmax masks
+    if isinstance(block, PerTensor) or x.dim() == 0:
+        m = a.amax().double() if x.numel() else torch.zeros((), dtype=torch.float64, device=x.device)
+        return _Layout(_top_step(fmt, m).reshape(1), n, 1)
+    axis = axis_index(block.axis, x.dim())
+    L = x.shape[axis]
+    inner = max(1, math.prod(x.shape[axis + 1:]))
+    a = a.reshape(-1, L, inner)
+    if isinstance(block, PerAxis):
+        return _Layout(_top_step(fmt, a.amax(dim=(0, 2)).double()).contiguous(), L, inner, sl=1)
+    k = min(block.size, L)  # a tile longer than the axis is the whole axis
+    tiles = torch.nn.functional.pad(a, (0, 0, 0, (-L) % k)).unflatten(1, (-1, k)).amax(dim=2)  # [outer, T, inner]
+    return _Layout(_top_step(fmt, tiles.double()).contiguous(), L, inner, k, so=tiles.shape[1] * inner, sl=inner, si=1)
+
+
+def _sums_torch(x: Tensor, y: Tensor, layout: _Layout) -> Tensor:
+    """The definition of :func:`rounding_sums` (x, y: float compute dtype, non-finite x already masked)."""
+    step = layout.expand(x.numel() // (layout.L * layout.inner)).reshape(x.shape)
+    d = x - y
+    absmax = x.abs().amax() if x.numel() else torch.zeros((), dtype=x.dtype, device=x.device)
+    # squares summed after scaling by 2^-k, 2^k <= max|x| < 2^(k+1) (exact), so tiny values do not underflow
+    k = floor_log2(torch.where(absmax > 0, absmax, 1.0))
+    scale = torch.exp2(2.0 * k.double())
+    return torch.stack([
+        torch.zeros((), dtype=torch.float64, device=x.device),  # the finite count: the caller's
+        (d.abs() >= step).sum().double(), x.count_nonzero().double(), y.count_nonzero().double(),
+        pow2_mul(x, -k).square().sum().double() * scale, pow2_mul(d, -k).square().sum().double() * scale,
+        absmax.double(),
+    ])  # fmt: skip
 
 
 @torch.no_grad()
@@ -90,29 +144,49 @@ def rounding_sums(x: Tensor, y: Tensor, fmt: Format) -> Tensor:
     """The sums :data:`SUMS` of one rounding ``y`` of ``x`` (same shape), as a float64 tensor of
     shape (7,) on ``x``'s device; no host synchronisation, so many can be stacked and read at once.
 
-    The squares are summed in the compute dtype after scaling by a power of two near
-    ``1 / max |x|`` (exact), so tiny gradients do not underflow; the scale is undone in float64.
+    Saturated counts ``|x - y| >= step``, with ``step`` the grid step at the top of the element's
+    block: for a rounding of x, the same as the module docstring's definition (an element
+    within the range moves by less than a step, a clamped one by at least one). On the CPU one
+    C++ call (swalp/ops/cpu/csrc/stats.cpp: the block maxima, then one pass over x and y); elsewhere the
+    torch path, which defines it.
     """
     if x.shape != y.shape:
         raise ValueError(f"x and its rounding y must have one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    x, y = x.detach(), y.detach()
+    if x.numel() == 0:
+        return torch.zeros(len(SUMS), dtype=torch.float64, device=x.device)
+    if x.is_cpu and cpu.load():
+        return torch.ops.swalp_cpu.rounding_sums(x, y.to(x.dtype), *_kernel_args(x, fmt))
+    return _reference_sums(x, y, _layout(x, fmt))
+
+
+def _kernel_args(x: Tensor, fmt: Format) -> tuple:
+    """``(mode, L, inner, k, a, emin, emax, b, step0)`` of swalp/ops/cpu/csrc/stats.cpp: the layout of
+    :func:`_layout`, with the block maxima and steps left to the kernel."""
+    n, block = x.numel(), getattr(fmt, "block", None)
+    if block is None:
+        return 0, n, 1, 1, 0, 0, 0, 0, _top_step(fmt, None)
+    if isinstance(fmt, BlockFloat):
+        a, b = 0, -(fmt.wl - 2)
+    else:
+        a, b = fmt.element.emax, fmt.element.emax - fmt.element.man
+    if isinstance(block, PerTensor) or x.dim() == 0:
+        return 1, n, 1, 1, a, fmt.emin, fmt.emax, b, 0.0
+    axis = axis_index(block.axis, x.dim())
+    L, inner = x.shape[axis], max(1, math.prod(x.shape[axis + 1:]))
+    if isinstance(block, PerAxis):
+        return 2, L, inner, 1, a, fmt.emin, fmt.emax, b, 0.0
+    return 3, L, inner, min(block.size, L), a, fmt.emin, fmt.emax, b, 0.0
+
+
+def _reference_sums(x: Tensor, y: Tensor, layout: _Layout) -> Tensor:
+    """:func:`rounding_sums` in torch ops: the definition the C++ pass is tested against."""
     dtype = compute_dtype(x.dtype)
-    x, y = x.detach().to(dtype), y.detach().to(dtype)
     finite = torch.isfinite(x)
-    xf = torch.where(finite, x, 0.0)
-    absmax = xf.abs().amax() if x.numel() else torch.zeros((), dtype=dtype, device=x.device)
-    lo, hi = _bounds(xf, fmt)
-    saturated = ((xf >= hi) | (xf <= lo)).sum()
-    nonzero = xf != 0
-    flushed = (nonzero & (y == 0)).sum()
-    # scale by 2^-k with 2^k <= max|x| < 2^(k+1): the scaled values lie below 2 in magnitude
-    k = floor_log2(torch.where(absmax > 0, absmax, 1.0))
-    xs = pow2_mul(xf, -k)
-    noise = torch.where(finite, pow2_mul(xf - y, -k), 0.0)  # y = inf for a finite x counts as infinite noise
-    scale = torch.exp2(2.0 * k.double())
-    return torch.stack([
-        finite.sum().double(), saturated.double(), nonzero.sum().double(), flushed.double(),
-        xs.square().sum().double() * scale, noise.square().sum().double() * scale, absmax.double(),
-    ])  # fmt: skip
+    xf, yf = torch.where(finite, x.to(dtype), 0.0), torch.where(finite, y.to(dtype), 0.0)
+    sums = _sums_torch(xf, yf, layout)
+    sums[0] = finite.sum()
+    return sums
 
 
 def combine_sums(sums: Tensor) -> Tensor:
@@ -125,7 +199,8 @@ def stats_from_sums(sums, fmt: Format) -> dict:
     """The figures :data:`FIGURES` (and ``numel``) from the sums of :func:`rounding_sums` (of one
     rounding, or of several by :func:`combine_sums`: a list or tensor of 7 numbers). Fractions are None
     where nothing was counted (no finite element, no nonzero element)."""
-    numel, saturated, nonzero, flushed, signal, noise, absmax = (float(v) for v in sums)
+    numel, saturated, nonzero, nonzero_after, signal, noise, absmax = (float(v) for v in sums)
+    flushed = nonzero - nonzero_after
     if noise == 0:
         sqnr = math.inf if signal > 0 else None
     else:
