@@ -45,3 +45,12 @@ def test_readme_accelerate_section_runs(one_thread):
     scope: dict = {}
     exec(compile(_section("With Accelerate"), str(README), "exec"), scope)
     assert int(scope["avg"].n_averaged) == 3 and type(scope["opt"]).__name__ == "AcceleratedOptimizer"
+
+
+def test_readme_stats_section_runs(capsys):
+    scope: dict = {}
+    exec(compile(_section("What rounding does to each layer (`swalp inspect`, `--stats-every`)"), str(README), "exec"),
+         scope)
+    stats = scope["stats"]
+    assert [r["step"] for r in stats.records] == [1, 11, 21] and stats.problems() == []
+    assert "'sqnr_db'" in capsys.readouterr().out

@@ -3,14 +3,14 @@ layer and tensor role, what rounding did (SQNR, flushed to zero, saturated, head
 
 A value past its threshold is marked ``!`` and listed with the recipe change that would help;
 with ``--strict`` the command then exits 1, so it can guard a recipe in CI. Writes
-``inspect.json`` and ``inspect.png`` (a heat map) into ``--out``.
+``inspect.txt`` (this output), ``inspect.json`` and ``inspect.png`` (a heat map) into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..experiments.inspect import inspect_recipe, table_text
+from ..experiments.inspect import inspect_recipe, report_text
 from ..recipes import RECIPES
 
 
@@ -39,10 +39,6 @@ def run(args) -> int:
     report = inspect_recipe(model=args.model, data=args.data, recipe=args.recipe, bits=args.bits, steps=args.steps,
                             seed=args.seed, batch_size=args.batch_size, lr=args.lr, device=args.device,
                             threads=args.threads, data_dir=args.data_dir, out=args.out)
-    print(table_text(report))
-    problems = report["problems"]
-    print(f"\n{len(problems)} problem{'s' if len(problems) != 1 else ''}" + (":" if problems else " (no threshold crossed)"))
-    for p in problems:
-        print(f"  {p}")
-    print(f"-> {args.out}/inspect.json, {args.out}/inspect.png")
-    return 1 if problems and args.strict else 0
+    print(report_text(report))
+    print(f"-> {args.out}/inspect.txt, inspect.json, inspect.png")
+    return 1 if report["problems"] and args.strict else 0

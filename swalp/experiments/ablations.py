@@ -29,18 +29,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 import time
 from pathlib import Path
-
-import torch
 
 from tqdm.auto import tqdm
 
 from .._checks import check_choice
 from .._files import atomic_write, atomic_write_text, write_json
 from ..training import TrainConfig, resolve
+from ._machine import machine
 from .compare import check_grid, mean_std, run_one
 
 ABLATIONS = ("bits", "frequency", "avg-precision", "blocking")
@@ -146,23 +143,12 @@ def _summarise(name: str, runs, results: dict, seeds, wall_s: float) -> dict:
         r = results[(cell.key, seed)]
         summary["runs"].append(dict(cell=cell.key, seed=seed, sgd=r["sgd"]["test_error"],
                                     average=r["average"]["test_error"], wall_s=r.get("wall_s")))
-    summary["machine"] = _machine()
+    summary["machine"] = machine()
     c = runs[-1][2]
     summary["settings"] = dict(model=c.model, data=c.data, epochs=c.epochs, budget=c.budget, lr=c.lr,
                                swa_lr=c.swa_lr, wd=c.wd, batch_size=c.batch_size, recipe=runs[-1][0].changes.get(
                                    "recipe", c.recipe))
     return summary
-
-
-def _machine() -> dict:
-    """Where the numbers came from: CPU model (Linux), cores, platform, torch."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return dict(cpu=cpu, cores=os.cpu_count(), platform=platform.platform(), torch=torch.__version__)
 
 
 def table(summary: dict) -> str:

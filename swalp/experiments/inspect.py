@@ -7,8 +7,9 @@ the data set's first batches, and measures each step with :class:`swalp.Quantiza
 Per layer and role it keeps the worst figure over the steps (the lowest SQNR, the largest
 fractions), the figures :mod:`swalp.optim.health` checks against its thresholds.
 
-Into ``out``: ``inspect.json`` (settings, machine, the table, every step's record, the
-problems with their advice) and ``inspect.png`` (a heat map per figure).
+Into ``out``: ``inspect.txt`` (what ``swalp inspect`` prints: :func:`report_text`),
+``inspect.json`` (settings, machine, the table, every step's record, the problems with their
+advice) and ``inspect.png`` (a heat map per figure).
 
 Example:
     >>> r = inspect_recipe(model="mlp", data="digits", recipe="fixed8", bits=4, steps=2, out=None)
@@ -21,7 +22,6 @@ from __future__ import annotations
 import importlib
 import itertools
 import math
-import platform
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_int, check_number
-from .._files import atomic_write, write_json
+from .._files import atomic_write, atomic_write_text, write_json
 from ..data import batches, epoch_order, load_data
 from ..models import MODELS, build_model, default_model, model_defaults
 from ..nn import quantize_model
@@ -37,6 +37,7 @@ from ..optim import LowPrecisionOptimizer, QuantizationStats
 from ..optim.health import FLUSHED_MAX, ROLES, SATURATED_MAX, SQNR_MIN_DB
 from ..recipes import get_recipe
 from ..training.config import pick_device
+from ._machine import machine
 
 FIGURES = (  # (key, title, worse is higher)
     ("sqnr_db", "SQNR, dB (lowest)", False),
@@ -73,7 +74,7 @@ def inspect_recipe(model: str | None = None, data: str = "mnist1d", recipe: str 
         data, recipe, bits, seed, device, data_dir: as ``swalp train``'s.
         steps: training steps, each measured.
         batch_size, lr, threads: override the presets (threads: torch's CPU threads, set for the process).
-        out: folder for ``inspect.json`` and ``inspect.png``; None writes nothing.
+        out: folder for ``inspect.txt``, ``inspect.json`` and ``inspect.png``; None writes nothing.
 
     Returns:
         ``{"settings", "machine", "table": {layer: {role: figures}}, "records", "problems"}``;
@@ -107,12 +108,12 @@ def inspect_recipe(model: str | None = None, data: str = "mnist1d", recipe: str 
         settings=dict(model=name, data=data, recipe=recipe, bits=bits, steps=steps, seed=seed, batch_size=batch_size,
                       lr=lr, device=str(dev), thresholds=dict(saturated=SATURATED_MAX, flushed=FLUSHED_MAX,
                                                               sqnr_db=SQNR_MIN_DB)),
-        machine=dict(processor=platform.processor() or platform.machine(), torch=torch.__version__,
-                     threads=torch.get_num_threads(),
+        machine=dict(machine(), threads=torch.get_num_threads(),
                      gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None),
         table=worst_by_layer(stats.records), records=stats.records, problems=[str(p) for p in stats.problems()])
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(out) / "inspect.txt", report_text(report) + "\n")
         write_json(Path(out) / "inspect.json", report)
         atomic_write(Path(out) / "inspect.png", lambda f: plot(report, f))
     return report
@@ -166,6 +167,15 @@ def table_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+def report_text(report: dict) -> str:
+    """:func:`table_text`, the machine, and the problems with their advice."""
+    m, problems = report["machine"], report["problems"]
+    where = m["gpu"] or f"{m['cpu']}, {m['threads']} of {m['cores']} cores"
+    lines = [table_text(report), "", f"(torch {m['torch']}, {where})", "",
+             f"{len(problems)} problem{'s' if len(problems) != 1 else ''}" + (":" if problems else " (no threshold crossed)")]
+    return "\n".join(lines + [f"  {p}" for p in problems])
+
+
 def plot(report: dict, file) -> None:
     """A heat map per figure (layers x roles), written as PNG to ``file``."""
     import matplotlib
@@ -193,7 +203,7 @@ def plot(report: dict, file) -> None:
     fig.suptitle(f"swalp inspect: {s['model']} on {s['data']}, recipe {s['recipe']}"
                  + (f" ({s['bits']} bits)" if s["bits"] else "") + f", {s['steps']} steps", fontsize=10)
     fig.tight_layout()
-    fig.savefig(file, format="png", dpi=110)
+    fig.savefig(file, format="png", dpi=80)
     plt.close(fig)
 
 
