@@ -101,3 +101,23 @@ def test_compiled_int8_equals_eager(name, torch_random, one_thread):
     traced = grads_after_one_pass(model, compiled, x)
     assert all(torch.equal(a, b) for a, b in zip(eager, traced))
     assert swalp.nn.compute_paths(model) == counts  # compiled calls are not counted
+
+
+def test_stats_of_a_compiled_model_measure_the_optimizer_and_change_nothing(torch_random, one_thread):
+    make, shape = MODELS["cnn1d"]
+    x, runs = torch.randn(*shape), []
+    for watch in (False, True):
+        torch.manual_seed(0)
+        model = swalp.quantize_model(make(), "paper")
+        opt = swalp.LowPrecisionOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), seed=0)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True)
+        stats = swalp.QuantizationStats(model, opt) if watch else None
+        for _ in range(2):
+            compiled(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    roles = {role for r in stats.records for layer in r["layers"].values() for role in layer}
+    assert roles == {"grad", "momentum", "acc"}  # Quantizers inside the graph are not measured

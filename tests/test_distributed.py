@@ -57,6 +57,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
 
     result["summary"], result["full"] = run(TrainConfig(**TINY, out=f"{root}/full"))
     result["packed_summary"], result["packed"] = run(TrainConfig(**TINY, storage="packed", out=f"{root}/packed"))
+    result["stats_summary"], result["stats"] = run(TrainConfig(**TINY, stats_every=2, out=f"{root}/stats"))
     result["comm_summary"], result["comm"] = run(TrainConfig(**TINY, comm="bfp8", out=f"{root}/comm"))
     run(TrainConfig(**TINY, comm="bfp8", out=f"{root}/comm-part"), stop_after=1)
     _, result["comm_resumed"] = run(TrainConfig(), resume=f"{root}/comm-part")
@@ -141,6 +142,16 @@ def test_batch_norm_statistics_are_rank_0s_everywhere(ranks):
     assert r0["bn"]["model"]["2.num_batches_tracked"] == 2 * 5
     assert_equal(r0["bn"], r1["bn"], "bn")
     assert drop_wall(r0["bn_summary"]) == drop_wall(r1["bn_summary"])
+
+
+def test_stats_change_nothing_under_data_parallel_and_rank_0_writes_them(ranks):
+    root, (r0, r1) = ranks
+    assert_equal(r0["stats"], r0["full"], "stats")
+    assert_equal(r1["stats"], r1["full"], "stats")
+    records = [json.loads(line) for line in (root / "stats" / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 3, 5, 7, 9, 11, 13, 15] and r0["stats_summary"]["stats"]["problems"] == []
+    assert {"stats.jsonl"} == {os.path.basename(p) for p in r0["writes"] if "/stats/" in p} - {
+        "config.json", "metrics.jsonl", "checkpoint.pt", "sgd_budget.pt", "average.pt", "summary.json"}
 
 
 def test_only_rank_0_writes_and_every_rank_returns_the_summary(ranks):
