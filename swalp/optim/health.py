@@ -98,7 +98,9 @@ class QuantizationStats:
     ``{"step": k, "layers": {layer: {role: {"saturated", "flushed", "sqnr_db", "max_ratio",
     "numel"}}}}``, layers in the model's order; an exact rounding has ``sqnr_db`` inf.
 
-    Use it as a context manager, or call :meth:`close` when done.
+    It watches from construction on; use it as a context manager, or call :meth:`close` when
+    done. Several backward passes before one optimizer step (gradient accumulation) count as
+    one step: their roundings add up.
     """
 
     def __init__(self, model: nn.Module, optimizer: Optimizer | None = None, every: int = 1, on_record=None):
@@ -115,6 +117,7 @@ class QuantizationStats:
             for name, p in m.named_parameters(recurse=False):
                 self.names.setdefault(p, fqn or name)
         self.layers = list(dict.fromkeys(self.names.values()))
+        self._quantizers = [m for m in self.names if isinstance(m, Quantizer)]
         self.records: list[dict] = []
         self.formats: dict[tuple[str, str], Format] = {}  # (layer, role) -> the format it rounds to
         self._sums: dict[tuple[str, str], list[Tensor]] = {}
@@ -154,9 +157,8 @@ class QuantizationStats:
 
     def _watch(self, on: bool) -> None:
         """Point the watched objects at this collector for the next step (or not)."""
-        for owner in self.names:
-            if isinstance(owner, Quantizer):
-                owner.stats = self if on else None
+        for q in self._quantizers:
+            q.stats = self if on else None
         if self._lowp is not None:
             self._lowp.stats = self if on else None
 

@@ -67,8 +67,8 @@ SCALARS = ("step", "mu_product", "eta", "mu")
 # Roles in the per-tensor seed; the numbers are part of the run's definition (_WEIGHT is
 # no longer drawn: a parameter without a gradient keeps its weight).
 _INIT, _GRAD, _ACC, _WEIGHT, _STATE = 1, 2, 3, 4, 5
-# The role names a statistics collector sees (swalp/optim/health.py), by (role, sub); sub 1 of
-# _ACC is Q_W(a) where the weights are not the accumulator. _INIT (construction) is not measured.
+# The role names a statistics collector sees (swalp/optim/health.py); _ACC's sub 1, Q_W(a) where
+# the weights are not the accumulator, is "weight". _INIT (construction) is not measured.
 _ROLE_NAMES = {_GRAD: "grad", _ACC: "acc", _STATE: "momentum"}
 
 def _recipe_for(optimizer: Optimizer, recipe) -> Recipe:
