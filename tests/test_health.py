@@ -240,16 +240,16 @@ def test_problems_cross_the_documented_thresholds():
     assert [(p.layer, p.role, p.figure, p.value, p.step) for p in found] == [
         ("0", "error", "flushed", 0.8, 2), ("0", "error", "sqnr_db", -1.0, 1), ("2", "activation", "saturated", 0.011, 1)]
     # the advice allows for the largest value of every record: 0.1 of the range leaves 3 bits
-    assert found[0].advice.endswith("FixedPoint(wl=8, fl=14) (3 more fractional bits) holds the largest value seen so "
-                                    "far, but larger ones later would saturate")
-    assert found[0].advice.startswith("block floating point")
+    assert found[0].advice.endswith("Recipe.error = FixedPoint(wl=8, fl=14) (3 more fractional bits) holds the largest "
+                                    "value seen so far, but larger ones later would saturate")
+    assert found[0].advice.startswith("Recipe.error in block floating point")
     assert found[2].advice.startswith("Recipe.activation = FixedPoint(wl=8, fl=1) holds the largest value seen (2 fewer")
     assert "1.1 % saturated at step 1" in str(found[2]) and "layer '2'" in str(found[2])
 
 
 def test_advice_per_format():
     assert "PerAxis(axis=0)" in advice("error", BlockFloat(8), "flushed", 1e-30)
-    assert advice("grad", FixedPoint(8, 8), "flushed", 0.9).startswith("block floating point")
+    assert advice("grad", FixedPoint(8, 8), "flushed", 0.9).startswith("Recipe.grad in block floating point")
     assert "E5M2" in advice("activation", FP8_E4M3, "saturated", 2.0)
     assert "as BlockFloat" in advice("activation", swalp.MXFP8_E4M3, "saturated", 1e-30)
     assert "more bits" in advice("grad", BlockFloat(8, block=PerAxis(0)), "sqnr_db", 1e-30)

@@ -36,7 +36,8 @@ def test_a_failing_recipe_fails_strict_with_advice(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "!" in out and "problems:" in out
     line = next(line for line in out.splitlines() if line.startswith("  error of layer '0': ") and "flushed" in line)
-    assert "block floating point (an exponent that follows the range" in line and "FixedPoint(wl=4, fl=" in line
+    assert "Recipe.error in block floating point (an exponent that follows the range" in line
+    assert "Recipe.error = FixedPoint(wl=4, fl=" in line
 
 
 def test_worst_over_the_steps():

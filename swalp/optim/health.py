@@ -256,10 +256,10 @@ def advice(role: str, fmt: Format | None, figure: str, max_ratio: float) -> str:
         return f"a {field} with more exponent bits (ebits) or smaller blocks"
     if isinstance(fmt, FixedPoint):
         room = math.floor(-math.log2(max_ratio)) if 0 < max_ratio < 1 else 0
-        fix = "block floating point (an exponent that follows the range, as the 'paper' recipe) or more bits (--bits)"
+        fix = f"{field} in block floating point (an exponent that follows the range, as 'paper') or with more bits"
         if room >= 1:  # more fractional bits fit what was seen; later, larger values would saturate (biased)
-            return (f"{fix}; {FixedPoint(fmt.wl, fmt.fl + room)!r} ({_bits(room, 'more')}) holds the largest value "
-                    "seen so far, but larger ones later would saturate")
+            return (f"{fix}; {field} = {FixedPoint(fmt.wl, fmt.fl + room)!r} ({_bits(room, 'more')}) holds the "
+                    "largest value seen so far, but larger ones later would saturate")
         return f"{fix}"
     if isinstance(fmt, BlockFloat) and isinstance(fmt.block, PerTensor):
         return f"{field} = {BlockFloat(fmt.wl, fmt.ebits, PerAxis(0), fmt.symmetric)!r} (an exponent per row or sample) or more bits"
