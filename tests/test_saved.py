@@ -44,9 +44,9 @@ def test_only_quantizer_outputs_are_packed_and_layer_placement_saves_none():
     torch.manual_seed(0)
     layer = swalp.quantize_model(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), "paper")
     _, saved = step(layer, torch.randn(5, 8), packed=True)
-    # Nothing on a grid is saved: the ReLU keeps a one-byte mask of its 5 x 16 output, and the next
-    # Linear saves that output itself, as a float tensor.
-    assert (saved.packed_bytes, saved.float_bytes) == (80, 320)
+    # Nothing on a grid is saved: the ReLU keeps a mask of its 5 x 16 output, a bit each, and the
+    # next Linear saves that output itself, as a float tensor.
+    assert (saved.packed_bytes, saved.float_bytes) == (10, 320)
     plain = nn.Linear(8, 2)
     with packed_activations() as s:
         plain(torch.randn(3, 8, requires_grad=True)).sum().backward()
@@ -64,7 +64,7 @@ def test_a_relu_keeps_a_mask_that_gives_its_exact_gradient_nan_included():
         z.backward()
         grads.append(x.grad)
     assert torch.equal(grads[0].nan_to_num(7.0), grads[1].nan_to_num(7.0))
-    assert (saved.packed_bytes, saved.float_bytes) == (12, 48)  # two masks; y's second save (by the product) is y
+    assert (saved.packed_bytes, saved.float_bytes) == (2, 48)  # two masks of a byte; y's second save is y
 
 
 def test_the_block_restores_the_hooks():
@@ -92,3 +92,34 @@ def test_swalp_train_with_packed_activations_gives_the_same_run(tmp_path, monkey
     assert (tmp_path / "plain" / "metrics.jsonl").read_text() == (tmp_path / "packed" / "metrics.jsonl").read_text()
     a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True)["model"] for r in ("plain", "packed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pool_outputs_and_indices_are_kept_small_and_exact():
+    # conv -> ReLU -> Quantizer -> max-pool -> conv: the pool's output holds Quantizer values (packed
+    # onto its grid, checked bit for bit), its int64 indices fit in int16
+    torch.manual_seed(0)
+    net = swalp.quantize_model(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                             nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 2)),
+                               "paper", placement="activation")
+    x = torch.randn(4, 3, 32, 32)
+    plain, _ = step(net, x, packed=False)
+    kept, saved = step(net, x, packed=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, kept))
+    n = 4 * 8 * 32 * 32  # the ReLU's output: a bit each; its Quantizer's: a byte each (and an exponent)
+    pooled = n // 4  # the pool's output (a byte each, one exponent) and indices (two bytes each)
+    # the last conv's output (saved by the Linear) is off the grid: kept as it was, not counted
+    assert saved.packed_bytes == n // 8 + (n + 1) + (pooled + 1) + 2 * pooled
+
+
+def test_values_off_the_grid_stay_as_they_are():
+    from swalp.nn.saved import _exact_pack
+
+    fmt = swalp.get_recipe("paper").activation
+    on_grid = swalp.quantize(torch.randn(64, 64), fmt, "nearest")
+    assert torch.equal(_exact_pack(on_grid, fmt).unpack(), on_grid)
+    off = on_grid.clone()
+    off[3, 5] += 1e-3
+    assert _exact_pack(off, fmt) is None
+    signed_zero = on_grid.clone()
+    signed_zero[0, 0] = -0.0  # packs as +0.0: refused, every bit counts
+    assert _exact_pack(signed_zero, fmt) is None

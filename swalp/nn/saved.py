@@ -11,12 +11,19 @@ produced, not a second rounding of its output.
 
 A ReLU saves its own output, but its backward reads only which elements are positive
 (``threshold_backward``: the gradient passes where the output is not ``<= 0``), so inside
-the block that saved output is kept as a one-byte mask of exactly that test instead.
+the block that saved output is kept as a mask of exactly that test instead, one bit per
+element. Two more kinds of saved tensor are kept smaller, losslessly, where a check of their
+values shows it is exact:
 
-What still costs float32: other tensors saved that are not a Quantizer's output. With the
-"layer" placement (a Quantizer after each Conv/Linear) the next layer saves the ReLU's
-output itself; the "activation" placement, and the paper's VGG-16 (a Quantizer after each
-ReLU), hand the Quantizer's output straight to the next layer.
+* a float tensor saved after a Quantizer ran (a max-pool's output, which holds some of the
+  Quantizer's values): packed onto that Quantizer's grid with nearest rounding, and kept packed
+  only if unpacking gives back every bit (else as it was);
+* an int64 tensor (a max-pool's indices) whose values fit in int16: kept as int16.
+
+What still costs float32: other tensors saved that are not on a grid. With the "layer"
+placement (a Quantizer after each Conv/Linear) the next layer saves the ReLU's output itself;
+the "activation" placement, and the paper's VGG-16 (a Quantizer after each ReLU), hand the
+Quantizer's output straight to the next layer.
 
 Example:
     >>> import torch, swalp
@@ -25,8 +32,8 @@ Example:
     ...                            placement="activation")
     >>> with packed_activations() as saved:
     ...     net(torch.randn(4, 8)).sum().backward()
-    >>> saved.packed_bytes, saved.float_bytes  # the Quantizer's output: 32 codes + 1 exponent; the ReLU's mask: 32
-    (65, 256)
+    >>> saved.packed_bytes, saved.float_bytes  # the Quantizer's output: 32 codes + 1 exponent; the ReLU's mask: 4
+    (37, 256)
 """
 
 from __future__ import annotations
@@ -38,12 +45,15 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from ..ops import PackedTensor
+from ..formats import Rounding
+from ..ops import PackedTensor, pack
 from ..ops._schema import kernel_packs
 
 __all__ = ["packed_activations"]
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("swalp_packed_activations", default=None)
+_BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)  # a byte's bits, lowest first
+_SMALL = 4096  # elements: below this, a tensor is kept as it is (a check costs more than it saves)
 
 
 class packed_activations:
@@ -61,6 +71,7 @@ class packed_activations:
     def __init__(self):
         self._packed = WeakTensorKeyDictionary()
         self._relu_saved = WeakTensorKeyDictionary()  # ReLU outputs whose own save (the first) is done
+        self._last = None  # the format of the last Quantizer that packed here (for lossless packing)
         self.packed_bytes = self.float_bytes = 0
 
     def __enter__(self) -> "packed_activations":
@@ -75,29 +86,73 @@ class packed_activations:
 
     def remember(self, y: Tensor, packed: PackedTensor) -> None:
         self._packed[y] = packed
+        self._last = packed.fmt
 
     def _pack_hook(self, t: Tensor):
         packed = self._packed.get(t)
         if packed is not None:
-            self.packed_bytes += packed.nbytes
-            self.float_bytes += t.numel() * t.element_size()
-            return _Saved(packed, t.dtype)
+            return self._count(_Saved(packed, t.dtype), packed.nbytes, t)
         # A ReLU's output is first saved by the ReLU itself, as it is made; a later save (by the
         # next layer) needs the values and gets the tensor.
         if type(t.grad_fn).__name__ == "ReluBackward0" and t not in self._relu_saved:
             self._relu_saved[t] = True
-            mask = ~(t <= 0)  # threshold_backward's own test (a NaN output passes the gradient)
-            self.packed_bytes += mask.numel()
-            self.float_bytes += t.numel() * t.element_size()
-            return _Mask(mask, t.dtype)
+            mask = _Mask.of(t)
+            return self._count(mask, mask.bits.numel(), t)
+        if t.numel() < _SMALL or t.layout is not torch.strided or t.is_nested:
+            return t
+        if t.dtype == torch.int64:
+            lo, hi = t.aminmax()
+            if -(2**15) <= int(lo) and int(hi) < 2**15:
+                narrow = _Narrow(t.to(torch.int16))
+                return self._count(narrow, narrow.values.nbytes, t)
+            return t
+        if self._last is not None and t.is_floating_point() and kernel_packs(t, self._last):
+            exact = _exact_pack(t, self._last)
+            if exact is not None:
+                return self._count(_Saved(exact, t.dtype), exact.nbytes, t)
         return t
+
+    def _count(self, kept, nbytes: int, t: Tensor):
+        self.packed_bytes += nbytes
+        self.float_bytes += t.numel() * t.element_size()
+        return kept
+
+
+def _exact_pack(t: Tensor, fmt) -> PackedTensor | None:
+    """``t`` packed onto ``fmt``'s grid, if that loses no bit of it (nearest rounding of values
+    already on the grid changes none; -0.0 or NaN would, and are refused by the check)."""
+    try:
+        packed = pack(t, fmt, Rounding.NEAREST)
+    except ValueError:  # a NaN where the format has no code for it
+        return None
+    int_view = torch.int64 if t.element_size() == 8 else torch.int32 if t.element_size() == 4 else torch.int16
+    same = torch.equal(packed.unpack(t.dtype).view(int_view), t.contiguous().view(int_view))
+    return packed if same else None
 
 
 class _Mask(NamedTuple):
-    """A ReLU's saved output as the one thing its backward reads: where it is not ``<= 0``."""
+    """A ReLU's saved output as the one thing its backward reads: where it is not ``<= 0``,
+    one bit per element (``bits``, uint8, the lowest bit first)."""
 
-    mask: Tensor
+    bits: Tensor
+    shape: torch.Size
     dtype: torch.dtype
+
+    @staticmethod
+    def of(t: Tensor) -> "_Mask":
+        mask = ~(t <= 0)  # threshold_backward's own test (a NaN output passes the gradient)
+        flat = torch.nn.functional.pad(mask.reshape(-1).to(torch.uint8), (0, (-mask.numel()) % 8))
+        return _Mask((flat.view(-1, 8) * _BITS.to(t.device)).sum(1, dtype=torch.uint8), t.shape, t.dtype)
+
+    def values(self) -> Tensor:
+        bits = (self.bits.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8, device=self.bits.device)) & 1
+        return bits.view(-1)[: self.shape.numel()].view(self.shape).to(self.dtype)
+
+
+class _Narrow(NamedTuple):
+    """An int64 tensor whose values fit in int16, kept as int16."""
+
+    values: Tensor
 
 
 class _Saved(NamedTuple):
@@ -111,7 +166,9 @@ class _Saved(NamedTuple):
 
 def unpack_hook(saved):
     if isinstance(saved, _Mask):
-        return saved.mask.to(saved.dtype)
+        return saved.values()
+    if isinstance(saved, _Narrow):
+        return saved.values.to(torch.int64)
     if not isinstance(saved, _Saved):
         return saved
     values = saved.packed.unpack(saved.dtype)
