@@ -123,3 +123,18 @@ def test_values_off_the_grid_stay_as_they_are():
     signed_zero = on_grid.clone()
     signed_zero[0, 0] = -0.0  # packs as +0.0: refused, every bit counts
     assert _exact_pack(signed_zero, fmt) is None
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5, 8), (1000, 33)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_relu_bits_are_the_same_in_cpp_and_torch(shape, dtype):
+    from swalp.ops.bitmask import relu_mask, relu_unmask
+
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    if t.numel() >= 4:
+        t.view(-1)[:4] = torch.tensor([float("nan"), -0.0, 0.0, float("-inf")]).to(dtype)
+    bits = relu_mask(t)
+    assert torch.equal(bits, relu_mask(t, kernel=False)) and bits.numel() == (t.numel() + 7) // 8
+    back = relu_unmask(bits, t.shape, dtype)
+    assert torch.equal(back, relu_unmask(bits, t.shape, dtype, kernel=False))
+    assert torch.equal(back, (~(t <= 0)).to(dtype))  # NaN passes the gradient, -0.0 and 0.0 do not

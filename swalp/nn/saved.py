@@ -15,9 +15,9 @@ the block that saved output is kept as a mask of exactly that test instead, one 
 element. Two more kinds of saved tensor are kept smaller, losslessly, where a check of their
 values shows it is exact:
 
-* a float tensor saved after a Quantizer ran (a max-pool's output, which holds some of the
-  Quantizer's values): packed onto that Quantizer's grid with nearest rounding, and kept packed
-  only if unpacking gives back every bit (else as it was);
+* the output of a max-pool or a view saved after a Quantizer ran (a selection of values, on the
+  Quantizer's grid when they are its values): packed onto that grid with nearest rounding, and
+  kept packed only if unpacking gives back every bit (else as it was);
 * an int64 tensor (a max-pool's indices) whose values fit in int16: kept as int16.
 
 What still costs float32: other tensors saved that are not on a grid. With the "layer"
@@ -48,12 +48,15 @@ from torch.utils.weak import WeakTensorKeyDictionary
 from ..formats import Rounding
 from ..ops import PackedTensor, pack
 from ..ops._schema import kernel_packs
+from ..ops.bitmask import relu_mask, relu_unmask
 
 __all__ = ["packed_activations"]
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("swalp_packed_activations", default=None)
-_BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)  # a byte's bits, lowest first
 _SMALL = 4096  # elements: below this, a tensor is kept as it is (a check costs more than it saves)
+# Ops whose output is a selection of their input's values: after a Quantizer, on its grid (checked)
+_SELECTIONS = {"MaxPool1DWithIndicesBackward0", "MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0",
+               "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "PermuteBackward0", "TransposeBackward0"}
 
 
 class packed_activations:
@@ -106,7 +109,7 @@ class packed_activations:
                 narrow = _Narrow(t.to(torch.int16))
                 return self._count(narrow, narrow.values.nbytes, t)
             return t
-        if self._last is not None and t.is_floating_point() and kernel_packs(t, self._last):
+        if type(t.grad_fn).__name__ in _SELECTIONS and self._last is not None and kernel_packs(t, self._last):
             exact = _exact_pack(t, self._last)
             if exact is not None:
                 return self._count(_Saved(exact, t.dtype), exact.nbytes, t)
@@ -132,7 +135,7 @@ def _exact_pack(t: Tensor, fmt) -> PackedTensor | None:
 
 class _Mask(NamedTuple):
     """A ReLU's saved output as the one thing its backward reads: where it is not ``<= 0``,
-    one bit per element (``bits``, uint8, the lowest bit first)."""
+    one bit per element (swalp/ops/bitmask.py)."""
 
     bits: Tensor
     shape: torch.Size
@@ -140,13 +143,10 @@ class _Mask(NamedTuple):
 
     @staticmethod
     def of(t: Tensor) -> "_Mask":
-        mask = ~(t <= 0)  # threshold_backward's own test (a NaN output passes the gradient)
-        flat = torch.nn.functional.pad(mask.reshape(-1).to(torch.uint8), (0, (-mask.numel()) % 8))
-        return _Mask((flat.view(-1, 8) * _BITS.to(t.device)).sum(1, dtype=torch.uint8), t.shape, t.dtype)
+        return _Mask(relu_mask(t), t.shape, t.dtype)
 
     def values(self) -> Tensor:
-        bits = (self.bits.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8, device=self.bits.device)) & 1
-        return bits.view(-1)[: self.shape.numel()].view(self.shape).to(self.dtype)
+        return relu_unmask(self.bits, self.shape, self.dtype)
 
 
 class _Narrow(NamedTuple):
