@@ -15,7 +15,7 @@
 * ``sqnr_db``: ``10 log10(sum x^2 / sum (x - y)^2)``, the signal-to-quantization-noise ratio
   (``inf`` where the rounding was exact, e.g. x already on the grid).
 * ``max_ratio``: ``max |x|`` over the format's largest finite value (for block formats: at the
-  largest shared exponent), the headroom left (above 1: saturation is certain).
+  largest shared exponent), the headroom left (above 1: the largest values were clamped).
 
 Non-finite elements of ``x`` are left out of every figure (the training loop stops on NaN).
 The sums behind the figures (:func:`rounding_sums`) add up over tensors and steps, so a

@@ -8,9 +8,10 @@ in dB and the largest magnitude over the format's largest value. A layer's param
 and bias) count together; a Quantizer counts for the layer it is attached to.
 
 Cost: nothing on the steps it does not measure (the watched objects hold ``stats = None``
-then); on a measured step, about ten elementwise passes per rounded tensor and one host
-synchronisation at its end. Measuring changes no number of the run: the roundings and their
-seeds are the same (tests/test_health.py).
+then); on a measured step, per rounded tensor one pass for its block maxima and one over it
+and its rounding (swalp/ops/stats.py; a copy of it for the optimizer's in-place roundings),
+and one host synchronisation at the step's end. Measuring changes no number of the run: the
+roundings and their seeds are the same (tests/test_health.py).
 
 What crosses a threshold is a problem (:meth:`QuantizationStats.problems`), reported with the
 recipe change that would help:
