@@ -93,3 +93,10 @@ def test_synthetic_cifar_is_fixed_and_learnable():
     xt, yt = a.test.tensors
     guess = (xt.flatten(1) @ means.T - 0.5 * means.square().sum(1)).argmax(1)
     assert (guess == yt).float().mean() > 0.5
+
+
+def test_leaves_torch_as_it_found_it():
+    before, threads = torch.get_rng_state(), torch.get_num_threads()
+    r = inspect_recipe(model="mlp", data="digits", steps=1, threads=1, out=None)
+    assert torch.equal(torch.get_rng_state(), before) and torch.get_num_threads() == threads
+    assert r["machine"]["threads"] == 1

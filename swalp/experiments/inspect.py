@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
 import math
@@ -73,7 +74,7 @@ def inspect_recipe(model: str | None = None, data: str = "mnist1d", recipe: str 
             A custom model takes the training presets of the data set's default model.
         data, recipe, bits, seed, device, data_dir: as ``swalp train``'s.
         steps: training steps, each measured.
-        batch_size, lr, threads: override the presets (threads: torch's CPU threads, set for the process).
+        batch_size, lr, threads: override the presets (threads: torch's CPU threads while it runs).
         out: folder for ``inspect.txt``, ``inspect.json`` and ``inspect.png``; None writes nothing.
 
     Returns:
@@ -88,27 +89,14 @@ def inspect_recipe(model: str | None = None, data: str = "mnist1d", recipe: str 
     batch_size = presets["batch_size"] if batch_size is None else check_int("--batch-size", batch_size, 1)
     lr = presets["lr"] if lr is None else check_number("--lr", lr, 0, lo_open=True)
     threads = presets.get("threads") if threads is None else check_int("--threads", threads, 1)
-    if threads is not None:
-        torch.set_num_threads(threads)
     dev = pick_device(device)
-    torch.manual_seed(seed)
-    net = quantize_model(load_model(name, bundle.num_classes, bundle.input_shape), get_recipe(recipe, bits)).to(dev)
-    base = torch.optim.SGD(net.parameters(), lr=lr, momentum=presets["momentum"], weight_decay=presets["wd"])
-    optimizer = LowPrecisionOptimizer(base, seed=seed)
-    epochs = itertools.count(1)
-    stream = itertools.chain.from_iterable(
-        batches(bundle.train, epoch_order(len(bundle.train), seed, e), batch_size, dev) for e in epochs)
-    net.train()
-    with QuantizationStats(net, optimizer, every=1) as stats:
-        for x, y in itertools.islice(stream, steps):
-            optimizer.zero_grad()
-            F.cross_entropy(net(x), y).backward()
-            optimizer.step()
+    with _scope(threads, dev):  # torch's generator and thread count are as they were afterwards
+        stats, used_threads = _steps(name, bundle, get_recipe(recipe, bits), steps, seed, batch_size, lr, presets, dev)
     report = dict(
         settings=dict(model=name, data=data, recipe=recipe, bits=bits, steps=steps, seed=seed, batch_size=batch_size,
                       lr=lr, device=str(dev), thresholds=dict(saturated=SATURATED_MAX, flushed=FLUSHED_MAX,
                                                               sqnr_db=SQNR_MIN_DB)),
-        machine=dict(machine(), threads=torch.get_num_threads(),
+        machine=dict(machine(), threads=used_threads,
                      gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None),
         table=worst_by_layer(stats.records), records=stats.records, problems=[str(p) for p in stats.problems()])
     if out is not None:
@@ -117,6 +105,35 @@ def inspect_recipe(model: str | None = None, data: str = "mnist1d", recipe: str 
         write_json(Path(out) / "inspect.json", report)
         atomic_write(Path(out) / "inspect.png", lambda f: plot(report, f))
     return report
+
+
+@contextlib.contextmanager
+def _scope(threads: int | None, dev: torch.device):
+    old = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+
+def _steps(name, bundle, recipe, steps, seed, batch_size, lr, presets, dev):
+    """``steps`` SGD steps of a fresh model, each measured: the QuantizationStats and the threads used."""
+    torch.manual_seed(seed)
+    net = quantize_model(load_model(name, bundle.num_classes, bundle.input_shape), recipe).to(dev)
+    base = torch.optim.SGD(net.parameters(), lr=lr, momentum=presets["momentum"], weight_decay=presets["wd"])
+    optimizer = LowPrecisionOptimizer(base, seed=seed)
+    stream = itertools.chain.from_iterable(
+        batches(bundle.train, epoch_order(len(bundle.train), seed, e), batch_size, dev) for e in itertools.count(1))
+    net.train()
+    with QuantizationStats(net, optimizer, every=1) as stats:
+        for x, y in itertools.islice(stream, steps):
+            optimizer.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            optimizer.step()
+    return stats, torch.get_num_threads()
 
 
 def worst_by_layer(records: list[dict]) -> dict:
