@@ -2,7 +2,8 @@
 
 The names below are the library: number formats and recipes, :func:`quantize`, the
 :class:`Quantizer` module and :func:`quantize_model`, :class:`LowPrecisionOptimizer`,
-:class:`WeightAverage` and :class:`SWALPLR`. Public sub-packages, each with ``__all__``,
+:class:`WeightAverage` and :class:`SWALPLR`, and :class:`QuantizationStats` (what rounding
+does to each layer's tensors). Public sub-packages, each with ``__all__``,
 in reading order (imports only point down this list):
 
 * ``swalp.formats``, ``swalp.recipes``: number formats and recipes, pure data.
