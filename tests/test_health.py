@@ -255,6 +255,17 @@ def test_advice_per_format():
     assert "more bits" in advice("grad", BlockFloat(8, block=PerAxis(0)), "sqnr_db", 1e-30)
 
 
+def test_each_kind_of_problem_is_warned_once_at_its_worst_layer():
+    from swalp.optim.health import new_warnings
+
+    found = [Problem("0", "error", "sqnr_db", -1.0, 1, "a"), Problem("2", "error", "sqnr_db", -4.0, 3, "b"),
+             Problem("2", "grad", "flushed", 0.6, 1, "c"), Problem("4", "grad", "flushed", 0.9, 2, "d")]
+    warned: set = set()
+    lines = new_warnings(found, warned)
+    assert lines == [str(found[1]) + " (and 1 more layers)", str(found[3]) + " (and 1 more layers)"]
+    assert new_warnings(found[:1], warned) == [] and warned == {("error", "sqnr_db"), ("grad", "flushed")}
+
+
 def test_worst_picks_each_figure():
     records = [fake({"0": {"grad": dict(sqnr_db=12.0)}, "2": {"error": dict(flushed=0.3, sqnr_db=math.inf)}}),
                fake({"0": {"acc": dict(saturated=0.002, max_ratio=0.9)}}, step=5)]

@@ -62,7 +62,7 @@ from .._checks import check_bool, check_choice, check_int, check_number
 from ..data import epoch_order
 from ..nn import full_precision, quantize_model, quantizers
 from ..optim import KINDS, SWALPLR, LowPrecisionOptimizer, QuantizationStats, WeightAverage, update_bn
-from ..optim.health import worst
+from ..optim.health import new_warnings, worst
 from ..recipes import Recipe, get_recipe
 from . import _require
 
@@ -202,10 +202,8 @@ class SWALP(pl.Callback):
         for figure, w in worst(records).items():
             if figure != "max_ratio":
                 pl_module.log(f"swalp/{figure}_{'min' if figure == 'sqnr_db' else 'max'}", float(w["value"]))
-        for problem in self.stats.problems(records):
-            if (problem.role, problem.figure) not in self._warned:
-                self._warned.add((problem.role, problem.figure))
-                pl.utilities.rank_zero_warn(f"swalp: {problem}")
+        for line in new_warnings(self.stats.problems(records), self._warned):
+            pl.utilities.rank_zero_warn(f"swalp: {line}")
 
     # --- validation of the average ------------------------------------------------------
 

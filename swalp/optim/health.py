@@ -63,7 +63,8 @@ from ..nn import Quantizer
 from ..ops.stats import combine_sums, rounding_sums, stats_from_sums
 from .optimizer import LowPrecisionOptimizer
 
-__all__ = ["FLUSHED_MAX", "ROLES", "SATURATED_MAX", "SQNR_MIN_DB", "Problem", "QuantizationStats", "advice", "worst"]
+__all__ = ["FLUSHED_MAX", "ROLES", "SATURATED_MAX", "SQNR_MIN_DB", "Problem", "QuantizationStats", "advice",
+           "new_warnings", "worst"]
 
 ROLES = ("activation", "error", "weight", "grad", "momentum", "acc")  # the columns of a table
 SATURATED_MAX = 0.01  # fraction of elements
@@ -211,6 +212,21 @@ class QuantizationStats:
 
 
 _FIGURES = ("saturated", "flushed", "sqnr_db")
+
+
+def new_warnings(problems: list[Problem], warned: set) -> list[str]:
+    """One warning per kind of problem (role and figure) not in ``warned`` (which it updates):
+    the worst layer's problem, and how many more layers have it."""
+    by_kind: dict[tuple[str, str], list[Problem]] = {}
+    for p in problems:
+        by_kind.setdefault((p.role, p.figure), []).append(p)
+    lines = []
+    for kind, found in by_kind.items():
+        if kind not in warned:
+            warned.add(kind)
+            p = min(found, key=lambda q: q.value) if kind[1] == "sqnr_db" else max(found, key=lambda q: q.value)
+            lines.append(f"{p}" + (f" (and {len(found) - 1} more layers)" if len(found) > 1 else ""))
+    return lines
 
 
 def _crossings(s: dict):

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from ..optim import QuantizationStats
-from ..optim.health import Problem, worst
+from ..optim.health import new_warnings, worst
 
 STATS_FILE = "stats.jsonl"
 
@@ -38,15 +38,8 @@ class StatsLog:
     def end_epoch(self, epoch: int, log) -> dict:
         """The epoch's worst figures (for its metrics row); logs each new kind of problem once."""
         mine = [r for r in self.records if r["epoch"] == epoch]
-        by_kind: dict[tuple[str, str], list[Problem]] = {}
-        for p in self.collector.problems(mine):
-            by_kind.setdefault((p.role, p.figure), []).append(p)
-        for kind, found in by_kind.items():
-            if kind not in self.warned:
-                self.warned.add(kind)
-                p = min(found, key=lambda q: q.value) if kind[1] == "sqnr_db" else max(found, key=lambda q: q.value)
-                others = f" (and {len(found) - 1} more layers)" if len(found) > 1 else ""
-                log(f"warning: {p}{others}")
+        for line in new_warnings(self.collector.problems(mine), self.warned):
+            log(f"warning: {line}")
         self.epoch = epoch + 1
         return worst(mine)
 
