@@ -356,3 +356,24 @@ def test_the_cpp_pass_equals_the_torch_path(fmt, shape, dtype):
 
 def x_len(shape):
     return math.prod(shape) if shape else 1
+
+
+@pytest.mark.parametrize("fmt", ["fixed8", "bfp8", "e5m2", BlockFloat(8, block=PerAxis(0)), BlockFloat(6, block=PerAxis(1))])
+def test_the_cpp_runs_of_1024_elements_equal_the_torch_path(fmt):
+    # long enough for the kernel's vectorised runs (swalp/ops/cpu/csrc/stats.cpp RUN): a normal run,
+    # one of tiny values and one of huge ones (both summed in double instead), NaN and inf, zeros
+    from swalp.ops.stats import _layout, _reference_sums, rounding_sums
+
+    fmt = swalp.get_format(fmt)
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(4, 2048, generator=gen)
+    x[1, :1024] *= 1e-20
+    x[2, 1024:] *= 1e20
+    x[3, ::97] = math.nan
+    x[3, 5::101] = math.inf
+    x[0, 100:600] = 0.0
+    y = swalp.quantize(x, fmt, "stochastic", seed=5)
+    fast, slow = rounding_sums(x, y, fmt), _reference_sums(x, y, _layout(x, fmt))
+    assert fast[:4].tolist() == slow[:4].tolist() and fast[6] == slow[6]
+    assert fast[4:6].tolist() == pytest.approx(slow[4:6].tolist(), rel=1e-5)
+    assert fast[1] > 0 or not isinstance(fmt, FixedPoint)  # fixed point: the huge run saturates

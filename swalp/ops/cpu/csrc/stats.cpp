@@ -18,6 +18,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -41,13 +44,91 @@ struct Sums {
   }
 };
 
+// float32 with one step for a run of RUN elements, in the style of quant.h (bit casts, integer
+// tests and an integer max of |x|'s bits, which GCC vectorises where float selects and compares
+// are not): LANES independent partial sums, each adding in its own order (no reassociation),
+// moved into double at the end of the run. A run holding a non-finite x (whose bits exceed every
+// finite |x|'s), or whose largest |x| lies outside [2^-50, 2^50] (squares float would lose or
+// overflow), is summed again in double by Sums::add instead.
+constexpr int LANES = 16;
+constexpr int64_t RUN = 1024;
+constexpr int32_t ABS = 0x7fffffff, INF_BITS = 0x7f800000;
+
+inline int32_t fbits(float v) {
+  int32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return u;
+}
+inline float ffrom(int32_t u) {
+  float v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+// The sums of RUN elements into t, all counted finite; returns the bits of their largest |x|.
+inline int32_t run_f32(const float* x, const float* y, int32_t st_bits, Sums& t) {
+  int32_t ns[LANES] = {}, nx[LANES] = {}, ny[LANES] = {}, mx[LANES] = {};
+  float sx[LANES] = {}, sd[LANES] = {};
+  for (int64_t r = 0; r < RUN; r += LANES) {
+    for (int q = 0; q < LANES; ++q) {
+      const float xf = x[r + q], d = xf - y[r + q];
+      const int32_t ax = fbits(xf) & ABS;
+      ns[q] += (fbits(d) & ABS) >= st_bits;  // |d| >= step, compared as bits (ordered as values)
+      nx[q] += ax != 0;
+      ny[q] += (fbits(y[r + q]) & ABS) != 0;
+      sx[q] += xf * xf;
+      sd[q] += d * d;
+      mx[q] = ax > mx[q] ? ax : mx[q];
+    }
+  }
+  int32_t m = 0;
+  t.v[0] += RUN;
+  for (int q = 0; q < LANES; ++q) {
+    t.v[1] += ns[q];
+    t.v[2] += nx[q];
+    t.v[3] += ny[q];
+    t.v[4] += sx[q];
+    t.v[5] += sd[q];
+    m = mx[q] > m ? mx[q] : m;
+  }
+  t.v[6] = ffrom(m);
+  return m;
+}
+
+// The sums over [b, e), where every element has the step st.
+template <typename T>
+void span(const T* x, const T* y, double st, int64_t b, int64_t e, Sums& s) {
+  int64_t j = b;
+  if constexpr (std::is_same_v<T, float>) {
+    if (st >= std::numeric_limits<float>::min() && st <= std::numeric_limits<float>::max())  // exact in float
+      for (; j + RUN <= e; j += RUN) {
+        Sums t;
+        const int32_t m = run_f32(x + j, y + j, fbits(static_cast<float>(st)), t);
+        if (m == 0 || (m >= fbits(0x1p-50f) && m <= fbits(0x1p50f))) {
+          for (int v = 0; v < N_SUMS - 1; ++v) s.v[v] += t.v[v];
+          s.v[N_SUMS - 1] = std::max(s.v[N_SUMS - 1], t.v[N_SUMS - 1]);
+        } else {
+          for (int64_t i = j; i < j + RUN; ++i) s.add(static_cast<double>(x[i]), static_cast<double>(y[i]), st);
+        }
+      }
+  }
+  for (; j < e; ++j) s.add(static_cast<double>(x[j]), static_cast<double>(y[j]), st);
+}
+
 template <typename T>
 Sums chunk(const T* x, const T* y, const double* step, int64_t b, int64_t e, int64_t L, int64_t inner, int64_t k,
            int64_t so, int64_t sl, int64_t si) {
   Sums s;
-  if (so == 0 && sl == 0 && si == 0) {  // one step for the whole tensor: no index arithmetic
-    const double st = step[0];
-    for (int64_t j = b; j < e; ++j) s.add(static_cast<double>(x[j]), static_cast<double>(y[j]), st);
+  if (so == 0 && sl == 0 && si == 0) {  // one step for the whole tensor
+    span(x, y, step[0], b, e, s);
+    return s;
+  }
+  if (k == 1 && si == 0) {  // one step per run of inner elements (a block per index of L)
+    for (int64_t j = b; j < e;) {
+      const int64_t run = j / inner, end = std::min(e, (run + 1) * inner);
+      span(x, y, step[(run / L) * so + (run % L) * sl], j, end, s);
+      j = end;
+    }
     return s;
   }
   int64_t o = b / (L * inner), r = b % (L * inner), l = r / inner, i = r % inner;
@@ -68,6 +149,24 @@ template <typename T> inline double finite_abs(T v) {
   return std::isfinite(d) ? std::fabs(d) : 0.0;
 }
 
+// The largest finite |x| over [b, e); for float an integer max of |x|'s bits, which vectorises.
+template <typename T>
+double max_abs(const T* x, int64_t b, int64_t e) {
+  if constexpr (std::is_same_v<T, float>) {
+    int32_t m = 0;
+    for (int64_t j = b; j < e; ++j) {
+      const int32_t a = fbits(x[j]) & ABS;
+      const int32_t f = a < INF_BITS ? a : 0;
+      m = f > m ? f : m;
+    }
+    return ffrom(m);
+  } else {
+    double m = 0.0;
+    for (int64_t j = b; j < e; ++j) m = std::max(m, finite_abs(x[j]));
+    return m;
+  }
+}
+
 // The largest finite |x| of each block (module comment), in block order.
 template <typename T>
 std::vector<double> block_max(const T* x, int64_t mode, int64_t outer, int64_t L, int64_t inner, int64_t k) {
@@ -75,8 +174,7 @@ std::vector<double> block_max(const T* x, int64_t mode, int64_t outer, int64_t L
   if (mode == 1) {
     std::vector<double> parts(static_cast<size_t>((n + GRAIN - 1) / GRAIN), 0.0);
     at::parallel_for(0, static_cast<int64_t>(parts.size()), 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t j = c * GRAIN; j < std::min(n, (c + 1) * GRAIN); ++j) parts[c] = std::max(parts[c], finite_abs(x[j]));
+      for (int64_t c = c0; c < c1; ++c) parts[c] = max_abs(x, c * GRAIN, std::min(n, (c + 1) * GRAIN));
     });
     return {*std::max_element(parts.begin(), parts.end())};
   }
@@ -84,8 +182,7 @@ std::vector<double> block_max(const T* x, int64_t mode, int64_t outer, int64_t L
     std::vector<double> m(static_cast<size_t>(L), 0.0);
     at::parallel_for(0, L, std::max<int64_t>(1, GRAIN / std::max<int64_t>(1, outer * inner)), [&](int64_t l0, int64_t l1) {
       for (int64_t l = l0; l < l1; ++l)
-        for (int64_t o = 0; o < outer; ++o)
-          for (int64_t i = 0; i < inner; ++i) m[l] = std::max(m[l], finite_abs(x[(o * L + l) * inner + i]));
+        for (int64_t o = 0; o < outer; ++o) m[l] = std::max(m[l], max_abs(x, (o * L + l) * inner, (o * L + l + 1) * inner));
     });
     return m;
   }
