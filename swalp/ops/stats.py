@@ -189,10 +189,10 @@ def _reference_sums(x: Tensor, y: Tensor, layout: _Layout) -> Tensor:
     return sums
 
 
-def combine_sums(sums: Tensor) -> Tensor:
-    """One row of :data:`SUMS` from rows ``(n, 7)`` of several roundings: counts and squares
-    add up, ``absmax`` is the largest."""
-    return torch.cat([sums[:, :-1].sum(0), sums[:, -1:].amax(0)])
+def combine_sums(a, b) -> list:
+    """The :data:`SUMS` of two sets of roundings together (lists of 7 numbers): counts and
+    squares add up, ``absmax`` is the larger."""
+    return [*(u + v for u, v in zip(a[:-1], b[:-1])), max(a[-1], b[-1])]
 
 
 def stats_from_sums(sums, fmt: Format) -> dict:

@@ -128,7 +128,7 @@ class QuantizationStats:
         self._quantizers = [m for m in self.names if isinstance(m, Quantizer)]
         self.records: list[dict] = []
         self.formats: dict[tuple[str, str], Format] = {}  # (layer, role) -> the format it rounds to
-        self._sums: dict[tuple[str, str], list[Tensor]] = {}
+        self._sums: list[tuple[tuple[str, str], Tensor]] = []  # ((layer, role), sums) of this step
         self._lowp = optimizer if isinstance(optimizer, LowPrecisionOptimizer) else None
         self._steps = self._lowp.steps if self._lowp is not None else 0
         self._hook = optimizer.register_step_post_hook(lambda *_: self._end_step()) if optimizer is not None else None
@@ -140,7 +140,7 @@ class QuantizationStats:
         """Called by a watched Quantizer or optimizer: ``y`` is the rounding of ``x`` to ``fmt``."""
         layer = self.names.get(owner)
         if layer is not None:  # a copy of a watched module (an average) is not this model's
-            self._sums.setdefault((layer, role), []).append(rounding_sums(x, y, fmt))
+            self._sums.append(((layer, role), rounding_sums(x, y, fmt)))
             self.formats.setdefault((layer, role), fmt)
 
     def step(self) -> None:
@@ -152,13 +152,15 @@ class QuantizationStats:
     def _end_step(self) -> None:
         self._steps = self._lowp.steps if self._lowp is not None else self._steps + 1
         if self._sums:
-            keys = list(self._sums)
-            totals = torch.stack([combine_sums(torch.stack(self._sums[k])) for k in keys]).cpu().tolist()  # one sync
-            by_key = {k: stats_from_sums(t, self.formats[k]) for k, t in zip(keys, totals)}
+            rows = torch.stack([t for _, t in self._sums]).cpu().tolist()  # one sync, then plain floats
+            totals: dict = {}
+            for (key, _), row in zip(self._sums, rows):
+                totals[key] = row if key not in totals else combine_sums(totals[key], row)
+            by_key = {k: stats_from_sums(t, self.formats[k]) for k, t in totals.items()}
             layers = {layer: {r: by_key[layer, r] for r in ROLES if (layer, r) in by_key} for layer in self.layers}
             record = {"step": self._steps, "layers": {k: v for k, v in layers.items() if v}}
             self.records.append(record)
-            self._sums = {}
+            self._sums = []
             if self.on_record is not None:
                 self.on_record(record)
         self._watch(self._steps % self.every == 0)
@@ -173,7 +175,7 @@ class QuantizationStats:
     def close(self) -> None:
         """Stop watching (a step in progress is not recorded)."""
         self._watch(False)
-        self._sums = {}
+        self._sums = []
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
