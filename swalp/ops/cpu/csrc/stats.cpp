@@ -6,9 +6,10 @@
 // 1 the whole tensor; 2 one block per index of L; 3 tiles of k along L), then each block's
 // grid step at its top, 2^(clamp(floor(log2 m) - a, emin, emax) + b) (emin for m = 0: as
 // swalp/ops/_reference.py block_exponent), then one pass for the sums, where element (o, l, i)
-// reads step[o * so + (l / k) * sl + i * si]. Non-finite x counts nowhere; everything is summed
-// in double, per chunk of GRAIN elements, the chunks added in order: the result does not
-// depend on the number of threads.
+// reads step[o * so + (l / k) * sl + i * si]. Non-finite x counts nowhere; x - y is taken in
+// float32 (float64 for float64 tensors) as the torch path takes it; everything is summed in
+// double (float32 runs in float lanes first, below), per chunk of GRAIN elements, the chunks
+// added in order: the result does not depend on the number of threads.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -28,12 +29,19 @@ namespace {
 constexpr int64_t GRAIN = 1 << 15;
 constexpr int N_SUMS = 7;  // numel, saturated, nonzero x, nonzero y, sum x^2, sum (x - y)^2, max |x|
 
+// x - y as the torch path computes it: in float32 unless the tensors are float64.
+template <typename T> inline double diff(T x, T y) {
+  using C = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  return static_cast<double>(static_cast<C>(x) - static_cast<C>(y));
+}
+
 struct Sums {
   double v[N_SUMS] = {0, 0, 0, 0, 0, 0, 0};
 
-  inline void add(double x, double y, double step) {
+  template <typename T> inline void add(T xt, T yt, double step) {
+    const double x = static_cast<double>(xt), y = static_cast<double>(yt);
     const bool finite = std::isfinite(x);
-    const double xf = finite ? x : 0.0, yf = finite ? y : 0.0, d = xf - yf;
+    const double xf = finite ? x : 0.0, yf = finite ? y : 0.0, d = finite ? diff(xt, yt) : 0.0;
     v[0] += finite;
     v[1] += std::fabs(d) >= step;  // clamped by a step or more (a y of inf for a finite x too)
     v[2] += xf != 0.0;
@@ -108,11 +116,11 @@ void span(const T* x, const T* y, double st, int64_t b, int64_t e, Sums& s) {
           for (int v = 0; v < N_SUMS - 1; ++v) s.v[v] += t.v[v];
           s.v[N_SUMS - 1] = std::max(s.v[N_SUMS - 1], t.v[N_SUMS - 1]);
         } else {
-          for (int64_t i = j; i < j + RUN; ++i) s.add(static_cast<double>(x[i]), static_cast<double>(y[i]), st);
+          for (int64_t i = j; i < j + RUN; ++i) s.add(x[i], y[i], st);
         }
       }
   }
-  for (; j < e; ++j) s.add(static_cast<double>(x[j]), static_cast<double>(y[j]), st);
+  for (; j < e; ++j) s.add(x[j], y[j], st);
 }
 
 template <typename T>
@@ -134,7 +142,7 @@ Sums chunk(const T* x, const T* y, const double* step, int64_t b, int64_t e, int
   int64_t o = b / (L * inner), r = b % (L * inner), l = r / inner, i = r % inner;
   int64_t lk = l / k, lr = l % k;  // l's tile and place in it, kept without a division per element
   for (int64_t j = b; j < e; ++j) {
-    s.add(static_cast<double>(x[j]), static_cast<double>(y[j]), step[o * so + lk * sl + i * si]);
+    s.add(x[j], y[j], step[o * so + lk * sl + i * si]);
     if (++i == inner) {
       i = 0;
       if (++lr == k) lr = 0, ++lk;
