@@ -7,6 +7,8 @@
    reference, bit for bit, for every format that packs.
 3. Integer products: ``int8_mm`` and the ``int8_conv`` ops on the GPU (cuBLAS int8, padded
    shapes included) against the float64 product of the same grid values.
+3b. Rounding statistics (``swalp inspect``, ``--stats-every``): ``swalp.ops.stats.rounding_sums``
+   on the GPU (the torch path) against the CPU's C++ kernel, counts exactly, sums to 1e-5.
 4. A VGG-16 training step at CIFAR size (batch 128, SGD momentum 0.9, wd 5e-4) for fp32, the
    simulated paper recipe, packed storage, and int8 products (paper and paper-big-block),
    eager and (with ``--compile``) compiled: median step time (CUDA-synchronised) and
@@ -101,6 +103,30 @@ def check_int8(device) -> int:
     return failures
 
 
+def check_stats(device) -> int:
+    from swalp.ops.stats import _layout, _reference_sums, rounding_sums
+
+    failures = cases = 0
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 2048, generator=g) * torch.exp(2 * torch.randn(64, 1, generator=g))
+    x[3, ::97] = float("nan")
+    for name in PACK_FORMATS + ["bfp6"]:
+        fmt = swalp.get_format(name)
+        y = swalp.quantize(x, fmt, "stochastic", seed=3)
+        want = rounding_sums(x, y, fmt)  # the CPU's C++ kernel
+        if device.type == "cuda":
+            got = rounding_sums(x.to(device), y.to(device), fmt).cpu()
+        else:  # the script's own check: the torch path on the CPU
+            got = _reference_sums(x, y, _layout(x, fmt))
+        cases += 1
+        same_counts = got[:4].tolist() == want[:4].tolist() and got[6] == want[6]
+        if not (same_counts and torch.allclose(got[4:6], want[4:6], rtol=1e-5)):
+            failures += 1
+            print(f"MISMATCH rounding_sums {fmt!r}: {got.tolist()} against {want.tolist()}")
+    print(f"rounding statistics: {cases} cases, {failures} mismatches")
+    return failures
+
+
 def make_step(recipe, storage, compute, device, compile):
     torch.manual_seed(0)
     model = build_model("vgg16", 10, (3, 32, 32)).to(device)
@@ -191,6 +217,7 @@ def main(argv=None) -> int:
         result["quantize"] = json.load(open(args.json + ".quantize.json")) if code != SKIPPED else "skipped"
     failures += check_pack(device)
     failures += check_int8(device)
+    failures += check_stats(device)
     result["steps"] = time_steps(args, device)
     result["failures"] = failures
     with open(args.json, "w") as f:
