@@ -56,3 +56,11 @@ def test_prepare_train_save_and_load_state_continue_bit_for_bit(tmp_path, one_th
         assert torch.equal(a, b)
     # The optimizer's state (momentum, its step counter) came back too: the schedule is past the budget.
     assert again[2].param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_quantization_stats_see_through_the_prepared_optimizer(one_thread):
+    accelerator, model, opt, loader, sched, average = _build()
+    with swalp.QuantizationStats(accelerator.unwrap_model(model), opt, every=3) as stats:
+        _epoch(accelerator, model, opt, loader, sched, average, 1)  # 6 steps
+    assert [r["step"] for r in stats.records] == [1, 4]
+    assert sorted(stats.records[0]["layers"]["0"]) == ["acc", "activation", "error", "grad", "momentum"]

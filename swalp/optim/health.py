@@ -96,7 +96,8 @@ class QuantizationStats:
         model: a model with :class:`swalp.Quantizer` modules (:func:`swalp.quantize_model`);
             its parameters name the optimizer's roles.
         optimizer: the training's optimizer, or None. A :class:`~swalp.LowPrecisionOptimizer`'s
-            roundings are measured; any torch optimizer's steps end each step (a post hook).
+            roundings are measured, also inside a wrapper that holds it as ``.optimizer``
+            (Accelerate's); any torch optimizer's steps end each step (a post hook).
             Without one, call :meth:`step` after each training step.
         every: measure steps 1, 1 + every, 1 + 2 every, ... (a LowPrecisionOptimizer's step count,
             so a resumed run measures the steps it would have).
@@ -129,9 +130,11 @@ class QuantizationStats:
         self.records: list[dict] = []
         self.formats: dict[tuple[str, str], Format] = {}  # (layer, role) -> the format it rounds to
         self._sums: list[tuple[tuple[str, str], Tensor]] = []  # ((layer, role), sums) of this step
-        self._lowp = optimizer if isinstance(optimizer, LowPrecisionOptimizer) else None
+        self._lowp = _low_precision(optimizer)
         self._steps = self._lowp.steps if self._lowp is not None else 0
-        self._hook = optimizer.register_step_post_hook(lambda *_: self._end_step()) if optimizer is not None else None
+        # on the LowPrecisionOptimizer itself where there is one: a wrapper's step (Accelerate's) calls its step
+        stepping = self._lowp if self._lowp is not None else optimizer
+        self._hook = stepping.register_step_post_hook(lambda *_: self._end_step()) if stepping is not None else None
         self._watch(self._steps % self.every == 0)
 
     # --- collecting --------------------------------------------------------------------
@@ -214,6 +217,13 @@ class QuantizationStats:
 
 
 _FIGURES = ("saturated", "flushed", "sqnr_db")
+
+
+def _low_precision(optimizer) -> LowPrecisionOptimizer | None:
+    """The LowPrecisionOptimizer in ``optimizer``, or inside the wrappers around it (``.optimizer``)."""
+    while optimizer is not None and not isinstance(optimizer, LowPrecisionOptimizer):
+        optimizer = getattr(optimizer, "optimizer", None)
+    return optimizer
 
 
 def new_warnings(problems: list[Problem], warned: set) -> list[str]:
