@@ -58,6 +58,10 @@ def test_any_model_as_module_function(tmp_path, monkeypatch):
         inspect_recipe(model="tests.test_inspect:nope", data="digits", out=None)
     with pytest.raises(ValueError, match="returned int, not an nn.Module"):
         inspect_recipe(model="tests.test_inspect:not_a_model", data="digits", out=None)
+    with pytest.raises(ValueError, match=r"getcwd\(10, \(1, 8, 8\)\) failed"):
+        inspect_recipe(model="os:getcwd", data="digits", out=None)
+    with pytest.raises(ValueError, match="unknown model 'nosuch'; accepted: .*'vgg16', or module:function"):
+        inspect_recipe(model="nosuch", data="digits", out=None)
 
 
 def not_a_model(num_classes, input_shape):
@@ -79,6 +83,8 @@ def test_bad_input(capsys):
     assert "--steps must be an integer >= 1, got 0" in capsys.readouterr().err
     assert main(["inspect", "--recipe", "nope"]) == 2
     assert "unknown recipe 'nope'" in capsys.readouterr().err
+    assert main(["inspect", "--recipe", "fp32"]) == 2
+    assert "recipe 'fp32' rounds nothing" in capsys.readouterr().err
 
 
 def test_synthetic_cifar_is_fixed_and_learnable():
@@ -100,3 +106,4 @@ def test_leaves_torch_as_it_found_it():
     r = inspect_recipe(model="mlp", data="digits", steps=1, threads=1, out=None)
     assert torch.equal(torch.get_rng_state(), before) and torch.get_num_threads() == threads
     assert r["machine"]["threads"] == 1
+

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and rounding (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the model's preset)")
-    p.add_argument("--out", default="runs/inspect", help="folder for inspect.json and inspect.png (default runs/inspect)")
+    p.add_argument("--out", default="runs/inspect", help="folder for inspect.txt, inspect.json and inspect.png (default runs/inspect)")
     p.add_argument("--strict", action="store_true", help="exit 1 when any threshold is crossed")
     p.set_defaults(func=run)
 

@@ -51,13 +51,19 @@ FIGURES = (  # (key, title, worse is higher)
 def load_model(model: str, num_classes: int, input_shape: tuple) -> nn.Module:
     """A model by registry name, or ``"module:function"`` called as ``function(num_classes, input_shape)``."""
     if ":" not in model:
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; accepted: {', '.join(map(repr, sorted(MODELS)))}, "
+                             "or module:function (a function(num_classes, input_shape) -> nn.Module)")
         return build_model(model, num_classes, input_shape)
     module_name, _, fn_name = model.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), fn_name)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"--model {model!r}: cannot load {fn_name!r} from module {module_name!r} ({err})") from None
-    net = fn(num_classes, tuple(input_shape))
+    try:
+        net = fn(num_classes, tuple(input_shape))
+    except TypeError as err:  # not a function(num_classes, input_shape)
+        raise ValueError(f"--model {model!r}: {fn_name}({num_classes}, {tuple(input_shape)}) failed ({err})") from None
     if not isinstance(net, nn.Module):
         raise ValueError(f"--model {model!r} returned {type(net).__name__}, not an nn.Module")
     return net
@@ -82,7 +88,8 @@ def inspect_recipe(model: str | None = None, data: str = "mnist1d", recipe: str 
         ``problems`` are strings (layer, role, figure, advice), empty when no threshold is crossed.
     """
     check_int("--steps", steps, 1)
-    get_recipe(recipe, bits)  # a bad recipe fails before any data is loaded
+    if get_recipe(recipe, bits).is_full_precision:  # a bad recipe fails too, before any data is loaded
+        raise ValueError(f"recipe {recipe!r} rounds nothing, so there is nothing to inspect; pick a low-precision one")
     bundle = load_data(data, data_dir=data_dir, seed=seed)
     name = model if model is not None else default_model(data)
     presets = model_defaults(name if name in MODELS else default_model(data), data)
