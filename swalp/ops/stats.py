@@ -87,38 +87,50 @@ class _Layout:
         return self.step.view(shape).expand(outer, self.L, self.inner)
 
 
+def _shift(fmt: BlockFloat | MXFloat) -> tuple[int, int]:
+    """``(a, b)``: a block whose largest finite magnitude is m has the top grid step
+    2^(clamp(floor(log2 m) - a, emin, emax) + b) (swalp/ops/_reference.py encode)."""
+    if isinstance(fmt, BlockFloat):
+        return 0, -(fmt.wl - 2)
+    return fmt.element.emax, fmt.element.emax - fmt.element.man
+
+
 def _top_step(fmt: Format, m: Tensor | None) -> Tensor | float:
     """The grid step at the top of a block whose largest finite magnitude is ``m`` (float64 values)."""
     if isinstance(fmt, FixedPoint):
         return 2.0**-fmt.fl
     if isinstance(fmt, FloatFormat):
         return 2.0 ** (fmt.emax - fmt.man)
-    e = floor_log2(torch.where(m > 0, m, 1.0))
-    if isinstance(fmt, BlockFloat):  # swalp/ops/_reference.py block_exponent, at block granularity
-        e = torch.where(m > 0, e, fmt.emin).clamp(fmt.emin, fmt.emax)
-        return torch.exp2((e - (fmt.wl - 2)).double())
-    off = fmt.element.emax
-    e = torch.where(m > 0, e - off, fmt.emin).clamp(fmt.emin, fmt.emax)
-    return torch.exp2((e + off - fmt.element.man).double())
+    a, b = _shift(fmt)
+    e = torch.where(m > 0, floor_log2(torch.where(m > 0, m, 1.0)) - a, fmt.emin).clamp(fmt.emin, fmt.emax)
+    return torch.exp2((e + b).double())
+
+
+def _blocks(x: Tensor, block) -> tuple[int, int, int, int]:
+    """``(mode, L, inner, k)``: x viewed as [outer, L, inner], L the blocking axis; mode 0 no
+    blocks, 1 the whole tensor, 2 a block per index of L, 3 tiles of k along L."""
+    n = max(x.numel(), 1)
+    if block is None:
+        return 0, n, 1, 1
+    if isinstance(block, PerTensor) or x.dim() == 0:
+        return 1, n, 1, 1
+    axis = axis_index(block.axis, x.dim())
+    L, inner = x.shape[axis], max(1, math.prod(x.shape[axis + 1:]))
+    if isinstance(block, PerAxis):
+        return 2, L, inner, 1
+    return 3, L, inner, min(block.size, L)  # a tile longer than the axis is the whole axis
 
 
 def _layout(x: Tensor, fmt: Format) -> _Layout:
     """The top grid step of each block of ``x``; block maxima leave non-finite elements out."""
-    n = max(x.numel(), 1)
-    block = getattr(fmt, "block", None)
-    if block is None:
-        return _Layout(torch.full((1,), _top_step(fmt, None), dtype=torch.float64, device=x.device), n, 1)
-    a = x.abs().nan_to_num_(0.0, 0.0, 0.0)  # one copy, as swalp/ops/_reference.py block_absmax masks
-    if isinstance(block, PerTensor) or x.dim() == 0:
-        m = a.amax().double() if x.numel() else torch.zeros((), dtype=torch.float64, device=x.device)
-        return _Layout(_top_step(fmt, m).reshape(1), n, 1)
-    axis = axis_index(block.axis, x.dim())
-    L = x.shape[axis]
-    inner = max(1, math.prod(x.shape[axis + 1:]))
-    a = a.reshape(-1, L, inner)
-    if isinstance(block, PerAxis):
+    mode, L, inner, k = _blocks(x, getattr(fmt, "block", None))
+    if mode == 0:
+        return _Layout(torch.full((1,), _top_step(fmt, None), dtype=torch.float64, device=x.device), L, 1)
+    a = x.abs().nan_to_num_(0.0, 0.0, 0.0).reshape(-1, L, inner)  # masked as _reference.py block_absmax
+    if mode == 1:
+        return _Layout(_top_step(fmt, a.amax().double()).reshape(1), L, 1)
+    if mode == 2:
         return _Layout(_top_step(fmt, a.amax(dim=(0, 2)).double()).contiguous(), L, inner, sl=1)
-    k = min(block.size, L)  # a tile longer than the axis is the whole axis
     tiles = torch.nn.functional.pad(a, (0, 0, 0, (-L) % k)).unflatten(1, (-1, k)).amax(dim=2)  # [outer, T, inner]
     return _Layout(_top_step(fmt, tiles.double()).contiguous(), L, inner, k, so=tiles.shape[1] * inner, sl=inner, si=1)
 
@@ -163,20 +175,11 @@ def rounding_sums(x: Tensor, y: Tensor, fmt: Format) -> Tensor:
 def _kernel_args(x: Tensor, fmt: Format) -> tuple:
     """``(mode, L, inner, k, a, emin, emax, b, step0)`` of swalp/ops/cpu/csrc/stats.cpp: the layout of
     :func:`_layout`, with the block maxima and steps left to the kernel."""
-    n, block = x.numel(), getattr(fmt, "block", None)
-    if block is None:
-        return 0, n, 1, 1, 0, 0, 0, 0, _top_step(fmt, None)
-    if isinstance(fmt, BlockFloat):
-        a, b = 0, -(fmt.wl - 2)
-    else:
-        a, b = fmt.element.emax, fmt.element.emax - fmt.element.man
-    if isinstance(block, PerTensor) or x.dim() == 0:
-        return 1, n, 1, 1, a, fmt.emin, fmt.emax, b, 0.0
-    axis = axis_index(block.axis, x.dim())
-    L, inner = x.shape[axis], max(1, math.prod(x.shape[axis + 1:]))
-    if isinstance(block, PerAxis):
-        return 2, L, inner, 1, a, fmt.emin, fmt.emax, b, 0.0
-    return 3, L, inner, min(block.size, L), a, fmt.emin, fmt.emax, b, 0.0
+    mode, L, inner, k = _blocks(x, getattr(fmt, "block", None))
+    if mode == 0:
+        return mode, L, inner, k, 0, 0, 0, 0, _top_step(fmt, None)
+    a, b = _shift(fmt)
+    return mode, L, inner, k, a, fmt.emin, fmt.emax, b, 0.0
 
 
 def _reference_sums(x: Tensor, y: Tensor, layout: _Layout) -> Tensor:
