@@ -47,6 +47,9 @@ class Backend:
             apply (the reference then packs).
         unpack: optional ``unpack(codes, exponents, fmt, dtype) -> Tensor or None``:
             :meth:`swalp.ops.PackedTensor.unpack` in one pass; None where it does not apply.
+        sgd: optional ``sgd(w, g, m, fmt_w, fmt_m, rounding, seeds, hyper) -> (PackedTensor,
+            PackedTensor or None) or None``: :func:`swalp.ops.sgd.packed_sgd` in one call;
+            None where it does not apply.
         seeded: optional ``seeded(x, fmt, rounding, seed) -> Tensor``: ``fn`` with the seed
             as a tensor (one int64 on the CPU), the form ``torch.compile`` traces without a
             graph break (the seed drawn by ``torch.randint`` in the graph). Without it, the
@@ -62,6 +65,7 @@ class Backend:
     seeded: Callable | None = None
     pack: Callable | None = None
     unpack: Callable | None = None
+    sgd: Callable | None = None
 
     def round_seeded(self, x: Tensor, fmt: Format, rounding: Rounding, seed: Tensor) -> Tensor:
         """``seeded``, or ``fn`` with the seed read back to a Python int."""

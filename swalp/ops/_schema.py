@@ -259,12 +259,19 @@ def kernel_unpacks(codes: Tensor, dtype: torch.dtype) -> bool:
     return dtype == torch.float32 and codes.dtype in (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2)
 
 
-def run_op_unpack(codes: Tensor, exponents: Tensor | None, fmt) -> Tensor:
-    """Run ``swalp::unpack`` on a PackedTensor's codes and exponents (float32 out)."""
+def unpack_args(codes: Tensor, exponents: Tensor | None, fmt) -> tuple[Tensor, list[int]]:
+    """``swalp::unpack``'s arguments after the codes: the exponents (an empty int8 tensor for
+    none) and ``[shift, block, axis, size]``."""
     block, axis, size = _block(getattr(fmt, "block", None), codes.dim())
     shift = fmt.fl if isinstance(fmt, FixedPoint) else fmt.wl - 2 if isinstance(fmt, BlockFloat) else 0
     exps = codes.new_empty((0,), dtype=torch.int8) if exponents is None else exponents
-    return torch.ops.swalp.unpack.default(codes, exps, shift, int(block), axis, size)
+    return exps, [shift, int(block), axis, size]
+
+
+def run_op_unpack(codes: Tensor, exponents: Tensor | None, fmt) -> Tensor:
+    """Run ``swalp::unpack`` on a PackedTensor's codes and exponents (float32 out)."""
+    exps, args = unpack_args(codes, exponents, fmt)
+    return torch.ops.swalp.unpack.default(codes, exps, *args)
 
 
 def run_op_many_(xs: list[Tensor], fmts: list, rounding: Rounding, seeds: list[int | None]) -> None:

@@ -10,13 +10,21 @@
   so the float gradients of all layers never exist at once; ``p.grad`` is then None;
 * the optimizer's first moments (momentum) packed; second moments stay full precision.
 
-A step goes a few parameters at a time (up to ``STEP_CHUNK`` elements, or one larger
+With a plain ``torch.optim.SGD`` (the paper's optimizer) a step reads and writes packed
+tensors: one call per parameter (:func:`swalp.ops.sgd.packed_sgd`, C++ on the CPU) unpacks
+its weights, gradient and momentum, takes torch's SGD step on them and rounds the results
+straight back into packed form; the float temporaries are one parameter's. It applies where
+nothing can tell the wrapped step was not called: no step hooks on the SGD or global ones,
+no LR scheduler built on the SGD itself (one on this wrapper is fine), no statistics being
+collected, a float ``lr``, weights that are the accumulator, float32 parameters.
+
+Any other step goes a few parameters at a time (up to ``STEP_CHUNK`` elements, or one larger
 parameter): unpack their weights, gradients and state, run the wrapped torch optimizer on
 them alone (every other parameter has no ``.grad`` at that moment, and torch optimizers
 skip those), round and pack the results. The wrapped optimizer's own arithmetic on a tensor
-does not depend on which others step with it, so the numbers equal the simulated path's
-bit for bit (tests/test_packed_training.py); the float temporaries are a chunk's. A step
-with a closure unpacks everything for that step instead.
+does not depend on which others step with it, so either way the numbers equal the simulated
+path's bit for bit (tests/test_packed_training.py); the float temporaries are a chunk's. A
+step with a closure unpacks everything for that step instead.
 
 Where something cannot be packed (a format without a packed form, a NaN, a parameter whose
 module has no hooks, gradients under torch.distributed, where DDP's buckets own them) it
@@ -30,14 +38,17 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.optim import optimizer as _torch_optimizer
 
 from .._rng import chain_seed
 from ..formats import Format
 from ..nn.weights import can_pack, is_packed, packed_weight, store, unstore
 from ..ops.packed import PackedTensor, pack
+from ..ops.sgd import packed_sgd
 from ..recipes import param_format
 
-_GRAD = 2  # the gradient's role in the per-tensor seed, as in optimizer.py
+_GRAD, _ACC, _STATE = 2, 3, 5  # roles in the per-tensor seed, as in optimizer.py
+_SGD = ("lr", "weight_decay", "momentum", "dampening", "nesterov", "maximize")  # packed_sgd's settings
 
 # Elements stepped at once: the float temporaries of a step are those of this many elements
 # (or of the largest parameter), and small models take one wrapped step, not one per tensor.
@@ -130,22 +141,70 @@ class PackedStorage:
     # --- steps --------------------------------------------------------------------------
 
     def _step_each(self):
-        """One step, a few parameters at a time (module docstring); returns None (no closure)."""
+        """One step: fused per parameter, or a few parameters at a time (module docstring);
+        returns None (no closure)."""
         params = self._params()
         floats = {}  # gradients that stayed float: hidden while the other parameters step
         for p in params:
             if p.grad is not None:
                 floats[p], p.grad = p.grad, None
+        settings = self._sgd_settings()
         chunk, size = [], 0
         for i, p in enumerate(params):
+            if p in settings and self._step_fused(i, p, settings[p]):
+                continue
             if p in self.grads or p in floats:
                 chunk.append((i, p))
                 size += p.numel()
-            if chunk and (size >= STEP_CHUNK or i == len(params) - 1):
+            if chunk and size >= STEP_CHUNK:
                 self._step_chunk(chunk, floats)
                 chunk, size = [], 0
+        if chunk:
+            self._step_chunk(chunk, floats)
         for p, grad in floats.items():  # rounded, as the simulated step leaves them
             p.grad = grad
+
+    def _sgd_settings(self) -> dict:
+        """``{parameter: its SGD settings}`` for the fused step: empty unless the wrapped
+        optimizer is a plain ``torch.optim.SGD`` whose ``step`` nothing could miss (module
+        docstring)."""
+        opt = self.optimizer
+        if (type(opt) is not torch.optim.SGD or self.stats is not None or "step" in vars(opt)
+                or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
+                or _torch_optimizer._global_optimizer_pre_hooks or _torch_optimizer._global_optimizer_post_hooks):
+            return {}
+        settings = {}
+        for group in opt.param_groups:
+            if group.get("fused") or group.get("differentiable") or any(isinstance(group[k], Tensor) for k in _SGD):
+                continue
+            chosen = {k: group[k] for k in _SGD}
+            settings.update((p, chosen) for p in group["params"])
+        return settings
+
+    def _step_fused(self, i: int, p: Tensor, settings: dict) -> bool:
+        """Parameter ``i``'s SGD step on its packed weights, gradient and momentum, in one call;
+        False (nothing changed) where something is not packed, or the result holds a NaN."""
+        r, weights, grad = self.recipe, packed_weight(p), self.grads.get(p)
+        heavy = settings["momentum"] != 0
+        held = self.packed.get(p, {})
+        fmt_m = self.state_format("momentum_buffer") if heavy else r.acc
+        if (weights is None or grad is None or p.dtype != torch.float32 or r.acc != r.weight or fmt_m is None
+                or (p in self.optimizer.state and self.optimizer.state[p]) or set(held) - {"momentum_buffer"}
+                or held and not heavy):
+            return False
+        z = self._seed()
+        seeds = (chain_seed(z, (i, _ACC, 0)), chain_seed(z, (i, _STATE, 0)))  # _round_after_step's
+        try:
+            new, buf = packed_sgd(weights, grad, held.get("momentum_buffer"), _param_format(r.acc, p),
+                                  _param_format(fmt_m, p), r.rounding, seeds, **settings)
+        except ValueError:  # a NaN with no code: the chunked step keeps it in a float tensor
+            return False
+        store(p, new)
+        del self.grads[p]
+        self.optimizer.state.setdefault(p, {})  # the (empty) entry the chunked step leaves
+        if heavy:
+            self.packed.setdefault(p, {})["momentum_buffer"] = buf
+        return True
 
     def _step_chunk(self, chunk: list[tuple[int, Tensor]], floats: dict) -> None:
         """The wrapped step on the parameters of ``chunk`` alone, unpacked for it and packed after."""

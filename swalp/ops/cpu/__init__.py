@@ -22,18 +22,22 @@ from __future__ import annotations
 import torch
 
 from ..._checks import check_int
-from ...formats import Rounding
+from ..._rng import seed_keys
+from ...formats import FixedPoint, FloatFormat, Rounding
 from .._dispatch import Backend
 from .._reference import round_to_grid
+from ..packed import PackedTensor
 from .._schema import (
     kernel_packs,
     kernel_unpacks,
     pack,
+    packed,
     run_op,
     run_op_many_,
     run_op_pack,
     run_op_seeded,
     run_op_unpack,
+    unpack_args,
 )
 from ._build import failed, load
 
@@ -81,6 +85,36 @@ def _unpack(codes, exponents, fmt, dtype):
     return run_op_unpack(codes, exponents, fmt) if kernel_unpacks(codes, dtype) and load() else None
 
 
+_FLOAT32 = torch.empty(())  # what kernel_packs asks of the floats the step rounds: their dtype
+
+
+def _sgd(w, g, m, fmt_w, fmt_m, rounding, seeds, hyper):
+    """swalp/ops/sgd.py packed_sgd in one C++ call (csrc/sgd.cpp); None where it does not apply."""
+    heavy = hyper["momentum"] != 0
+    if not (kernel_packs(_FLOAT32, fmt_w) and (not heavy or kernel_packs(_FLOAT32, fmt_m)) and load()):
+        return None
+    inputs = [w, g] + ([m] if m is not None else [])
+    if not all(kernel_unpacks(t.codes, torch.float32) and t.codes.is_cpu for t in inputs):
+        return None
+    args, tensors = [], []
+    for t in (w, g, m if m is not None else g):
+        exps, u = unpack_args(t.codes, t.exponents, t.fmt)
+        tensors += [t.codes, exps]
+        args += u
+    wkind, wp, wf = packed(fmt_w, torch.float32, w.codes.dim())
+    mkind, mp, mf = packed(fmt_m if heavy else fmt_w, torch.float32, w.codes.dim())
+    stochastic = rounding is Rounding.STOCHASTIC
+    keys = [*seed_keys(seeds[0]), *seed_keys(seeds[1])] if stochastic else [0, 0, 0, 0]
+    flags = int(hyper["nesterov"]) | 2 * int(hyper["maximize"]) | 4 * int(m is not None)
+    numbers = [float(hyper[k]) for k in ("lr", "weight_decay", "momentum", "dampening")]
+    wc, we, mc, me = torch.ops.swalp_cpu.sgd_packed(*tensors, args, numbers, flags, wkind, wp, wf, mkind, mp, mf,
+                                                     int(stochastic), keys)
+    new_w = PackedTensor(wc, None if isinstance(fmt_w, (FixedPoint, FloatFormat)) else we, fmt_w)
+    if not heavy:
+        return new_w, None
+    return new_w, PackedTensor(mc, None if isinstance(fmt_m, (FixedPoint, FloatFormat)) else me, fmt_m)
+
+
 def _many_(xs, fmts, rounding, seeds) -> None:
     if not load():
         for x, fmt, seed in zip(xs, fmts, seeds):
@@ -102,4 +136,4 @@ def _supports(x, fmt) -> bool:
 
 
 BACKEND = Backend("cpp", _fn, _supports, priority=10, many=_many_, ste=_ste, seeded=_seeded, pack=_pack,
-                  unpack=_unpack)
+                  unpack=_unpack, sgd=_sgd)

@@ -11,8 +11,10 @@ are the same, only slower.
 
 Compiler flags: ``-O3`` for the auto-vectoriser, ``-fopenmp`` so that ``at::parallel_for``
 uses torch's threads (:func:`openmp_flags`), ``-ffp-contract=off`` so that no
-multiply-add is fused (bit-exact results must not depend on the compiler), and
-``-mavx2 -mf16c`` only when torch reports that the CPU running the build has AVX2. The
+multiply-add is fused unless the source says ``std::fma`` (bit-exact results must not
+depend on the compiler; ``-mfma`` makes those one instruction, as torch's own AVX2 kernels
+have them), and ``-mavx2 -mf16c -mfma`` only when torch reports that the CPU running the
+build has AVX2 (torch's AVX2 requires FMA too). The
 choice is part of the cache key, so a home folder shared by machines of different
 CPU generations gets one build per kind of CPU rather than a build that crashes on
 the older one (which ``-march=native`` would risk).
@@ -44,7 +46,7 @@ except ImportError:  # not POSIX: builds are not serialised across processes the
     fcntl = None
 
 _CSRC = Path(__file__).with_name("csrc")
-SOURCES = [_CSRC / name for name in ("quantize.cpp", "pack.cpp", "unpack.cpp", "output.cpp", "ste.cpp", "stats.cpp", "mask.cpp")]
+SOURCES = [_CSRC / name for name in ("quantize.cpp", "pack.cpp", "unpack.cpp", "output.cpp", "ste.cpp", "stats.cpp", "mask.cpp", "sgd.cpp")]
 HEADERS = [_CSRC / "quant.h"]  # in the cache key too: a change to the kernels rebuilds
 _BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 
@@ -58,7 +60,7 @@ def cflags() -> list[str]:
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     cap = torch.backends.cpu.get_cpu_capability() if x86 else "DEFAULT"
     if cap in ("AVX2", "AVX512"):
-        flags += ["-mavx2", "-mf16c"]
+        flags += ["-mavx2", "-mf16c", "-mfma"]
     if cap == "AVX512":  # 16 lanes: halves the instructions of the random-number hash
         flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mprefer-vector-width=512"]
     return flags + openmp_flags()

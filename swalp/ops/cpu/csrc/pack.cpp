@@ -75,4 +75,11 @@ std::tuple<at::Tensor, at::Tensor> quantize_pack_cpu(const at::Tensor& x, int64_
 
 }  // namespace
 
+namespace swalp {
+std::tuple<at::Tensor, at::Tensor> quantize_pack(const at::Tensor& x, int64_t kind, at::IntArrayRef p,
+                                                 at::ArrayRef<double> f, int64_t rounding, int64_t k0, int64_t k1) {
+  return quantize_pack_cpu(x, kind, p, f, rounding, k0, k1);
+}
+}  // namespace swalp
+
 TORCH_LIBRARY_IMPL(swalp, CPU, m) { m.impl("quantize_pack", &quantize_pack_cpu); }

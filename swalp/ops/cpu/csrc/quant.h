@@ -43,6 +43,11 @@
 namespace swalp {
 at::Tensor empty_output(const at::Tensor& x);  // output.cpp: contiguous, huge pages, reused
 uint64_t splitmix64(uint64_t z);               // quantize.cpp: swalp/_rng.py splitmix64
+// pack.cpp and unpack.cpp: the swalp::quantize_pack and swalp::unpack ops, for sgd.cpp.
+std::tuple<at::Tensor, at::Tensor> quantize_pack(const at::Tensor& x, int64_t kind, at::IntArrayRef p,
+                                                 at::ArrayRef<double> f, int64_t rounding, int64_t k0, int64_t k1);
+at::Tensor unpack(const at::Tensor& codes, const at::Tensor& exps, int64_t shift, int64_t block, int64_t axis,
+                  int64_t size);
 }  // namespace swalp
 
 namespace {

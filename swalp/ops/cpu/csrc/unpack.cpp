@@ -96,4 +96,11 @@ at::Tensor unpack_cpu(const at::Tensor& codes, const at::Tensor& exps, int64_t s
 
 }  // namespace
 
+namespace swalp {
+at::Tensor unpack(const at::Tensor& codes, const at::Tensor& exps, int64_t shift, int64_t block, int64_t axis,
+                  int64_t size) {
+  return unpack_cpu(codes, exps, shift, block, axis, size);
+}
+}  // namespace swalp
+
 TORCH_LIBRARY_IMPL(swalp, CPU, m) { m.impl("unpack", &unpack_cpu); }
