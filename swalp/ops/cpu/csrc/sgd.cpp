@@ -19,6 +19,24 @@
 
 namespace {
 
+struct Step {
+  float lr, wd, mom, keep, sign;  // -lr, weight decay, momentum, 1 - dampening, -1 to maximize
+  bool decay, heavy, has_m, nesterov;
+};
+
+// n elements: w and m in place; m may be g itself (the first step writes the buffer over g).
+// Branch-free, so that the loop vectorises (g * -1 is -g exactly, g * 1 is g).
+void step(float* __restrict w, const float* g, float* m, int64_t n, const Step h) {
+  for (int64_t j = 0; j < n; ++j) {
+    float d = g[j] * h.sign;
+    d = h.decay ? std::fma(w[j], h.wd, d) : d;
+    const float buf = h.has_m ? std::fma(d, h.keep, m[j] * h.mom) : d;
+    m[j] = h.heavy ? buf : m[j];
+    d = h.heavy ? (h.nesterov ? std::fma(buf, h.mom, d) : buf) : d;
+    w[j] = std::fma(d, h.lr, w[j]);
+  }
+}
+
 // One unpack's arguments in `u`, from position 4 * t: shift, block, axis, size.
 at::Tensor unpack_at(const at::Tensor& codes, const at::Tensor& exps, at::IntArrayRef u, int t) {
   return swalp::unpack(codes, exps, u[4 * t], u[4 * t + 1], u[4 * t + 2], u[4 * t + 3]);
@@ -38,24 +56,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sgd_packed(
   at::Tensor W = unpack_at(w, we, unpack_args, 0), G = unpack_at(g, ge, unpack_args, 1);
   at::Tensor M = has_m ? unpack_at(m, me, unpack_args, 2) : G;
   TORCH_CHECK(M.sizes() == w.sizes(), "swalp_cpu::sgd_packed: momentum and weight shapes differ");
+  const Step h{static_cast<float>(-hyper[0]), static_cast<float>(hyper[1]), static_cast<float>(momentum),
+               static_cast<float>(1.0 - hyper[3]), maximize ? -1.0f : 1.0f, hyper[1] != 0.0, momentum != 0.0,
+               has_m, nesterov};
   float* wv = W.mutable_data_ptr<float>();
   const float* gv = G.const_data_ptr<float>();
   float* mv = M.mutable_data_ptr<float>();
-  const float lr = static_cast<float>(-hyper[0]), wd = static_cast<float>(hyper[1]);
-  const float mom = static_cast<float>(momentum), keep = static_cast<float>(1.0 - hyper[3]);
-  const bool decay = hyper[1] != 0.0, heavy = momentum != 0.0;
-  at::parallel_for(0, W.numel(), 1 << 14, [&](int64_t b, int64_t e) {
-    for (int64_t j = b; j < e; ++j) {
-      float d = maximize ? -gv[j] : gv[j];
-      if (decay) d = std::fma(wv[j], wd, d);
-      if (heavy) {
-        const float buf = has_m ? std::fma(d, keep, mv[j] * mom) : d;
-        mv[j] = buf;
-        d = nesterov ? std::fma(buf, mom, d) : buf;
-      }
-      wv[j] = std::fma(d, lr, wv[j]);
-    }
-  });
+  at::parallel_for(0, W.numel(), 1 << 14, [&](int64_t b, int64_t e) { step(wv + b, gv + b, mv + b, e - b, h); });
+  const bool heavy = h.heavy;
   auto [wc, wx] = swalp::quantize_pack(W, wkind, wp, wf, rounding, keys[0], keys[1]);
   W.reset();
   if (!heavy) return {wc, wx, wc.new_empty({0}), wx.new_empty({0})};  // no momentum kept
