@@ -53,8 +53,9 @@ def test_only_quantizer_outputs_are_packed_and_layer_placement_saves_none():
     assert s.packed_bytes == 0
 
 
-def test_a_relu_keeps_a_mask_that_gives_its_exact_gradient_nan_included():
-    x = torch.tensor([-1.0, 0.0, 2.0, float("nan"), -0.0, 3.0], requires_grad=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_a_relu_keeps_a_mask_that_gives_its_exact_gradient_nan_included(dtype):
+    x = torch.tensor([-1.0, 0.0, 2.0, float("nan"), -0.0, 3.0], dtype=dtype, requires_grad=True)
     grads = []
     for packed in (False, True):
         x.grad = None
@@ -63,8 +64,8 @@ def test_a_relu_keeps_a_mask_that_gives_its_exact_gradient_nan_included():
             z = (y * y).sum() + (torch.nn.functional.relu(x * 2.0, inplace=True) * 3.0).sum()  # y saved twice
         z.backward()
         grads.append(x.grad)
-    assert torch.equal(grads[0].nan_to_num(7.0), grads[1].nan_to_num(7.0))
-    assert (saved.packed_bytes, saved.float_bytes) == (2, 48)  # two masks of a byte; y's second save is y
+    assert grads[1].dtype == dtype and torch.equal(grads[0].nan_to_num(7.0), grads[1].nan_to_num(7.0))
+    assert (saved.packed_bytes, saved.float_bytes) == (2, 12 * x.element_size())  # two masks of a byte; y's second save is y
 
 
 def test_the_block_restores_the_hooks():
@@ -135,6 +136,7 @@ def test_relu_bits_are_the_same_in_cpp_and_torch(shape, dtype):
         t.view(-1)[:4] = torch.tensor([float("nan"), -0.0, 0.0, float("-inf")]).to(dtype)
     bits = relu_mask(t)
     assert torch.equal(bits, relu_mask(t, kernel=False)) and bits.numel() == (t.numel() + 7) // 8
-    back = relu_unmask(bits, t.shape, dtype)
-    assert torch.equal(back, relu_unmask(bits, t.shape, dtype, kernel=False))
-    assert torch.equal(back, (~(t <= 0)).to(dtype))  # NaN passes the gradient, -0.0 and 0.0 do not
+    for out in (dtype, torch.uint8):  # uint8: what the backward gets (swalp/nn/saved.py)
+        back = relu_unmask(bits, t.shape, out)
+        assert back.dtype == out and torch.equal(back, relu_unmask(bits, t.shape, out, kernel=False))
+        assert torch.equal(back, (~(t <= 0)).to(out))  # NaN passes the gradient, -0.0 and 0.0 do not

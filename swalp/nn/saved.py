@@ -12,7 +12,9 @@ produced, not a second rounding of its output.
 A ReLU saves its own output, but its backward reads only which elements are positive
 (``threshold_backward``: the gradient passes where the output is not ``<= 0``), so inside
 the block that saved output is kept as a mask of exactly that test instead, one bit per
-element. Two more kinds of saved tensor are kept smaller, losslessly, where a check of their
+element, and handed to the backward as a uint8 tensor of zeros and ones (``threshold_backward``
+promotes it to the gradient's dtype: the same gradient bit for bit, with a quarter of a float
+mask's bytes at the backward's peak). Two more kinds of saved tensor are kept smaller, losslessly, where a check of their
 values shows it is exact:
 
 * the output of a max-pool or a view saved after a Quantizer ran (a selection of values, on the
@@ -139,14 +141,13 @@ class _Mask(NamedTuple):
 
     bits: Tensor
     shape: torch.Size
-    dtype: torch.dtype
 
     @staticmethod
     def of(t: Tensor) -> "_Mask":
-        return _Mask(relu_mask(t), t.shape, t.dtype)
+        return _Mask(relu_mask(t), t.shape)
 
     def values(self) -> Tensor:
-        return relu_unmask(self.bits, self.shape, self.dtype)
+        return relu_unmask(self.bits, self.shape, torch.uint8)
 
 
 class _Narrow(NamedTuple):

@@ -3,7 +3,7 @@
 :func:`relu_mask` keeps the one thing ``threshold_backward`` reads of a ReLU's output: where it
 is not ``<= 0`` (so a NaN sets the bit), bit ``j % 8`` of byte ``j // 8`` for element ``j`` in
 row-major order. :func:`relu_unmask` gives the zeros and ones back as a tensor of the output's
-shape and dtype. The torch code here is the definition; on the CPU one C++ pass each
+shape, of any dtype (uint8 for the backward: swalp/nn/saved.py). The torch code here is the definition; on the CPU one C++ pass each
 (swalp/ops/cpu/csrc/mask.cpp), tested bit for bit against it (tests/test_saved.py).
 """
 

@@ -1,7 +1,7 @@
 // swalp_cpu::relu_mask and relu_unmask: a ReLU's saved output as one bit per element
 // (swalp/nn/saved.py, whose torch path is the definition): bit j % 8 of byte j / 8 is set where
 // element j is not <= 0 (threshold_backward's own test, so a NaN sets it), and back to a tensor
-// of zeros and ones of the output's dtype.
+// of zeros and ones (uint8 for swalp/nn/saved.py, or any float or integer dtype).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -39,7 +39,7 @@ at::Tensor relu_unmask(const at::Tensor& bits, at::IntArrayRef shape, at::Scalar
   const int64_t n = out.numel();
   TORCH_CHECK(bits.numel() == (n + 7) / 8, "relu_unmask: bits and shape differ");
   const uint8_t* in = bits.const_data_ptr<uint8_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "swalp_relu_unmask", [&] {
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "swalp_relu_unmask", [&] {
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, bits.numel(), GRAIN_BYTES, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
