@@ -42,6 +42,7 @@
 
 namespace swalp {
 at::Tensor empty_output(const at::Tensor& x);  // output.cpp: contiguous, huge pages, reused
+at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype);  // the same, of this dtype
 uint64_t splitmix64(uint64_t z);               // quantize.cpp: swalp/_rng.py splitmix64
 // pack.cpp and unpack.cpp: the swalp::quantize_pack and swalp::unpack ops, for sgd.cpp.
 std::tuple<at::Tensor, at::Tensor> quantize_pack(const at::Tensor& x, int64_t kind, at::IntArrayRef p,
@@ -172,14 +173,14 @@ int64_t int_span(const T* __restrict x, O* __restrict y, int64_t n, Rng r, int k
   // swalp/ops/_reference.py): the codes are symmetric there.
   const T top_lo = std::max(lo, -hi), lo_k = k <= ktop ? top_lo : lo;
   uint32_t c = r.lo;
-  int64_t nan = 0;
+  int32_t nan = 0;  // any NaN: an OR in 32-bit lanes vectorises better than a 64-bit count
   for (int64_t j = 0; j < n; ++j, ++c) {
     T s, l;
     if constexpr (VEC) s = pow2_mul(x[j], ks[j]), l = ks[j] <= ktop ? top_lo : lo;
     else s = x[j] * a1 * a2, l = lo_k;
     const T q = clamp_nan(round_<T, STOCH>(s, r, c), l, hi) + T(0);  // -0 -> +0: integer codes have no -0
     if constexpr (std::is_integral_v<O>) {
-      nan += q != q;
+      nan |= q != q;
       y[j] = static_cast<O>(q == q ? q : T(0));
     } else if constexpr (VEC) {
       y[j] = pow2_mul(q, -ks[j]);
@@ -187,7 +188,10 @@ int64_t int_span(const T* __restrict x, O* __restrict y, int64_t n, Rng r, int k
       y[j] = q * b1 * b2;
     }
   }
-  return nan;
+  if constexpr (std::is_integral_v<O>) {
+    if (nan) return std::count_if(x, x + n, [](T v) { return v != v; });  // rare: count them
+  }
+  return 0;
 }
 
 // Small floats (FloatFormat; MXFloat when MX: scaled by 2^-scale before, 2^scale after).
