@@ -169,13 +169,14 @@ def test_cpp_kernel_refuses_nan_with_the_format_named():
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_triton_packing_kernel_under_the_interpreter():
-    """swalp::quantize_pack's CUDA implementation, run on CPU tensors by TRITON_INTERPRET=1."""
+    """swalp::quantize_pack's and swalp::unpack's CUDA implementations, run on CPU tensors by
+    TRITON_INTERPRET=1."""
     script = textwrap.dedent(
         """
         import torch, swalp
         from swalp.formats import BlockFloat, FixedPoint, PerAxis, PerGroup
-        from swalp.ops._schema import pack
-        from swalp.ops.triton import launch_pack
+        from swalp.ops._schema import pack, unpack_args
+        from swalp.ops.triton import launch_pack, launch_unpack
         cases = [((40, 37), BlockFloat(8)), ((6, 50), BlockFloat(8, block=PerAxis(0))), ((5, 9, 4), BlockFloat(6, block=PerAxis(1))),
                  ((3, 70), swalp.MXINT8), ((20, 3, 5), BlockFloat(5, block=PerGroup(7, 0))), ((100,), FixedPoint(8, 6)), ((), BlockFloat(8))]
         bad = 0
@@ -187,6 +188,9 @@ def test_triton_packing_kernel_under_the_interpreter():
                     ref = swalp.pack(x, fmt, r, seed=5, backend="reference")
                     bad += not torch.equal(codes, ref.codes)
                     bad += not (exps.numel() == 0 if ref.exponents is None else torch.equal(exps, ref.exponents))
+                    e, args = unpack_args(ref.codes, ref.exponents, fmt)
+                    back = launch_unpack(ref.codes, e, *args)
+                    bad += not torch.equal(back, ref._unpack_reference(torch.float32))
         print(bad)
         """
     )

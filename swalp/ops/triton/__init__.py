@@ -15,10 +15,10 @@ import torch
 
 from ..._rng import seed_keys
 from .._dispatch import Backend, register_backend
-from .._schema import kernel_packs, run_op, run_op_pack, run_op_seeded
-from ._launch import launch, launch_pack
+from .._schema import kernel_packs, run_op, run_op_pack, run_op_seeded, run_op_unpack
+from ._launch import launch, launch_pack, launch_unpack
 
-__all__ = ["available", "launch", "launch_pack", "launch_seeded", "register"]
+__all__ = ["available", "launch", "launch_pack", "launch_seeded", "launch_unpack", "register"]
 
 
 def available() -> bool:
@@ -35,10 +35,15 @@ def _pack(x, fmt, rounding, seed):
     return run_op_pack(x, fmt, rounding, seed) if kernel_packs(x, fmt, floats=False) else None
 
 
+def _unpack(codes, exponents, fmt, dtype):
+    return run_op_unpack(codes, exponents, fmt) if codes.dtype == torch.int8 and dtype == torch.float32 else None
+
+
 def register() -> None:  # pragma: no cover - needs a GPU
     """Implement ``swalp::quantize`` (and its seeded form) for CUDA and add the backend."""
     torch.library.impl("swalp::quantize", "cuda", launch)
     torch.library.impl("swalp::quantize_seeded", "cuda", launch_seeded)
     torch.library.impl("swalp::quantize_pack", "cuda", launch_pack)
+    torch.library.impl("swalp::unpack", "cuda", launch_unpack)
     register_backend(Backend("triton", run_op, lambda x, fmt: x.device.type == "cuda", priority=20,
-                             seeded=run_op_seeded, pack=_pack))
+                             seeded=run_op_seeded, pack=_pack, unpack=_unpack))

@@ -185,3 +185,17 @@ def quantize_kernel(x_ptr, y_ptr, m_ptr, key, bound_ptr, n, L, inner, G, size,
         tl.store(y_ptr + i, b.to(tl.int16), mask=mask)
     else:
         tl.store(y_ptr + i, out.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def unpack_kernel(c_ptr, e_ptr, y_ptr, n, L, inner, G, size, shift, BLOCKING: tl.constexpr, BLOCK: tl.constexpr):
+    # swalp::unpack (PackedTensor.unpack, swalp/ops/packed.py): int8 code * 2^(e - shift), the
+    # two exact power-of-two factors of the reference's pow2_mul; e per block (0 without any).
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < n
+    c = tl.load(c_ptr + i, mask=mask, other=0).to(tl.float32)
+    if BLOCKING == WHOLE:
+        e = tl.load(e_ptr + i * 0, mask=mask, other=0).to(tl.int32)
+    else:
+        e = tl.load(e_ptr + _block_of(i, L, inner, G, size, BLOCKING), mask=mask, other=0).to(tl.int32)
+    tl.store(y_ptr + i, _pow2_mul(c, e - shift, False), mask=mask)

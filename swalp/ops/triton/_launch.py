@@ -7,9 +7,10 @@ trick, floor without flush-to-zero, bounds read from a (cached) tensor of the co
 dtype. FMA contraction is switched off (``enable_fp_fusion=False``): a fused
 ``x * a - f`` would round differently.
 
-Two kernels: block maxima (signed integer bits of |x|, non-finite dropped) reduced with
+Three kernels: block maxima (signed integer bits of |x|, non-finite dropped) reduced with
 ``atomic_max`` into one slot per block (one atomic per program for a whole-tensor
-block), then one elementwise pass that reads its block's maximum.
+block), then one elementwise pass that reads its block's maximum; and the unpacking of int8
+codes (:func:`launch_unpack`).
 
 :func:`launch` also runs under ``TRITON_INTERPRET=1`` on CPU tensors, which is how this
 file is tested on machines without a GPU; ``benchmarks/gpu_quantize.py`` checks and
@@ -32,7 +33,7 @@ def _kernels_jit():
     if _jit is None:
         from . import _kernels as k
 
-        _jit = (k.absmax_kernel, k.quantize_kernel)
+        _jit = (k.absmax_kernel, k.quantize_kernel, k.unpack_kernel)
     return _jit
 
 
@@ -92,8 +93,29 @@ def launch_pack(x, kind, p, f, rounding, k0, k1):
     return codes, e.view(-1, G, inner).transpose(1, 2).reshape(*rest, G).to(torch.int8)  # the axis last
 
 
+def launch_unpack(codes, exps, shift, block, axis, size):
+    """``swalp::unpack`` for CUDA (int8 codes; CPU tensors under TRITON_INTERPRET=1): one pass,
+    each code times 2^(its block's exponent - shift). The exponents come in PackedTensor's
+    layout, (outer, inner, tiles) for tiles, which is turned into the kernels' (outer, tiles,
+    inner) here: one value per block, a small tensor."""
+    if codes.dtype != torch.int8:
+        raise ValueError(f"swalp::unpack on CUDA: int8 codes, got {codes.dtype}")
+    c = codes.contiguous()
+    y = torch.empty(c.shape, dtype=torch.float32, device=c.device)
+    n = c.numel()
+    if n == 0:
+        return y
+    L, inner, G, _ = _layout(list(c.shape), block, axis, size)
+    e = exps.reshape(-1) if exps.numel() else torch.zeros(1, dtype=torch.int8, device=c.device)
+    if block == Block.PER_GROUP:
+        e = e.view(-1, inner, G).transpose(1, 2).contiguous()
+    opts = dict(num_warps=4) if c.is_cuda else {}
+    _kernels_jit()[2][(-(-n // BLOCK),)](c, e, y, n, L, inner, G, size, shift, BLOCKING=block, BLOCK=BLOCK, **opts)
+    return y
+
+
 def _run(x, kind, p, f, rounding, k0, k1, codes: bool):
-    absmax_kernel, quantize_kernel = _kernels_jit()
+    absmax_kernel, quantize_kernel, _ = _kernels_jit()
     v = Params(*p)
     xc = x.contiguous()
     y = torch.empty(x.shape, dtype=torch.int8 if codes else x.dtype, device=x.device)
