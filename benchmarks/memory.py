@@ -25,9 +25,16 @@ saves for backward kept packed: ``swalp.nn.packed_activations``), ``paper-packed
 by parameter; with the CPU kernels' pool of freed outputs off, as ``swalp train --storage
 packed`` runs: swalp.ops.cpu.set_output_pool) and ``paper-packed`` (both: real 8-bit training, the same numbers as ``paper``).
 
+With ``--where``, the child also finds where the last step peaks: a thread samples the
+resident memory every 0.2 ms while hooks on every autograd node of that step note the node
+running; it reports the node (``peak_node``, with its rank among the nodes of its type counted
+from the model's input) and the memory live when that node started (``live_at_peak_node_mb``).
+The sampling costs time, so only then.
+
 Usage:
     python benchmarks/memory.py                                   # cnn1d and vgg16, 3 steps
     python benchmarks/memory.py --models cnn1d --json docs/bench/memory.json
+    python benchmarks/memory.py --models vgg16 --variants paper-packed --where
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +73,53 @@ def tensor_bytes(tensors) -> int:
     return total
 
 
-def child(model_name: str, variant: str, steps: int, threads: int) -> dict:
+class PeakFinder:
+    """Which autograd node of one backward pass runs when the resident memory peaks (--where)."""
+
+    def __init__(self, before_kb: int):
+        self.before, self.order, self.running = before_kb, [], None
+        self.peak, self.at = 0, None
+        self._stop = threading.Event()
+
+    def watch(self, root) -> None:
+        """Hook every node of the graph below ``root`` and start sampling."""
+        seen, stack = set(), [root]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            node.register_prehook(lambda grad, node=node: self._enter(node))
+            stack.extend(f for f, _ in node.next_functions)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _enter(self, node) -> None:
+        self.order.append(type(node).__name__)
+        self.running = (len(self.order) - 1, rss_kb())
+        if self.running[1] > self.peak:  # a sample of its own: a backward shorter than a sampling period still has one
+            self.peak, self.at = self.running[1], self.running
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            now = rss_kb()
+            if now > self.peak and self.running is not None:
+                self.peak, self.at = now, self.running
+            time.sleep(0.0002)
+
+    def report(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        if self.at is None:
+            return {}
+        index, live = self.at
+        name = self.order[index]
+        rank = self.order[index:].count(name)  # its place among nodes of its type, from the input
+        return dict(peak_node=name, peak_node_rank=rank, live_at_peak_node_mb=(live - self.before) / 1024,
+                    peak_in_backward_mb=(self.peak - self.before) / 1024)
+
+
+def child(model_name: str, variant: str, steps: int, threads: int, where: bool = False) -> dict:
     import swalp
     from swalp.models import build_model
 
@@ -89,10 +144,13 @@ def child(model_name: str, variant: str, steps: int, threads: int) -> dict:
     packs_act = variant in ("paper-packed-act", "paper-packed")
     saved = swalp.nn.packed_activations if packs_act else contextlib.nullcontext
     params = list(model.parameters())
+    finder = PeakFinder(before) if where else None
     for step in range(steps):
         opt.zero_grad()
         with saved() as kept:
             loss = F.cross_entropy(model(x), y)
+            if finder is not None and step == steps - 1:
+                finder.watch(loss.grad_fn)
             loss.backward()
         if step == steps - 1:
             state = [*params, *(p.grad for p in params), *(v for s in sgd.state.values() for v in s.values())]
@@ -112,7 +170,7 @@ def child(model_name: str, variant: str, steps: int, threads: int) -> dict:
                 # packed-act: what the saved Quantizer outputs of one step took packed, and would as they were
                 saved_packed_mb=kept.packed_bytes / 2**20 if kept else None,
                 saved_float_mb=kept.float_bytes / 2**20 if kept else None,
-                machine=machine_info())
+                **(finder.report() if finder is not None else {}), machine=machine_info())
 
 
 def main(argv=None) -> int:
@@ -121,13 +179,14 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--steps", type=int, default=3, help="training steps per variant (default 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads in the child (default 2)")
+    p.add_argument("--where", action="store_true", help="also find the autograd node where the last backward peaks")
     p.add_argument("--json", metavar="FILE", help="also write the records as JSON")
     p.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.steps < 2 or args.threads < 1:
         p.error("--steps must be >= 2 (the momentum exists from the first step on) and --threads >= 1")
     if args.child:
-        print(json.dumps(child(*args.child, args.steps, args.threads)))
+        print(json.dumps(child(*args.child, args.steps, args.threads, args.where)))
         return 0
     if not os.path.exists("/proc/self/clear_refs"):
         print("memory: needs Linux's /proc (peak resident memory); nothing measured (exit 77)")
@@ -138,12 +197,16 @@ def main(argv=None) -> int:
     for model in args.models:
         for variant in args.variants:
             cmd = [sys.executable, __file__, "--child", model, variant, "--steps", str(args.steps),
-                   "--threads", str(args.threads)]
+                   "--threads", str(args.threads)] + (["--where"] if args.where else [])
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             rec = json.loads(done.stdout.strip().splitlines()[-1])
             records.append(rec)
             print(f"{model:<8}{variant:<18}{rec['state_bytes_per_param']:>15.2f}{rec['average_bytes_per_param']:>17.2f}"
                   f"{rec['peak_mb']:>10.1f}", flush=True)
+            if "peak_node" in rec:
+                print(f"  the last backward peaks at {rec['peak_in_backward_mb']:.1f} MB inside {rec['peak_node']} (number "
+                      f"{rec['peak_node_rank']} of its kind from the input), {rec['live_at_peak_node_mb']:.1f} MB live as it "
+                      "started", flush=True)
     write_records(args.json, records)
     return 0
 

@@ -65,7 +65,18 @@ def test_memory_benchmark_counts_every_persistent_byte(tmp_path):
     for name, r in records.items():  # float32 weight, gradient and momentum (or an 8-bit one); a float32 average
         want = (3.0, 3.1) if name in ("paper-packed-state", "paper-packed") else (12.0, 12.0)
         assert want[0] <= r["state_bytes_per_param"] <= want[1] and r["average_bytes_per_param"] == 4.0
-        assert r["peak_mb"] > 0
+        assert r["peak_mb"] > 0 and "peak_node" not in r
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")
+def test_memory_benchmark_finds_the_node_where_the_backward_peaks(tmp_path):
+    out = run("memory.py", "--models", "cnn1d", "--variants", "paper-packed", "--steps", "2", "--threads", "1",
+              "--where", "--json", str(tmp_path / "m.json"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    (r,) = json.loads((tmp_path / "m.json").read_text())
+    assert r["peak_node"].endswith("Backward0") or r["peak_node"].endswith("Backward")
+    assert r["peak_node_rank"] >= 1 and 0 < r["live_at_peak_node_mb"] <= r["peak_in_backward_mb"] <= r["peak_mb"] + 0.5
+    assert "the last backward peaks at" in out.stdout
 
 
 def test_allreduce_benchmark_counts_the_bytes_of_each_hook(tmp_path):
