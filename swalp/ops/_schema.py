@@ -111,8 +111,9 @@ def _fake_seeded(x, kind, p, f, rounding, seed):
     return x.new_empty(x.shape)
 
 
-# Round straight into packed form: (int8 codes, int8 exponents per block), as
-# swalp/ops/packed.py keeps them. Integer formats of at most 8 bits; CPU (C++).
+# Round straight into packed form: (codes, int8 exponents per block), as swalp/ops/packed.py
+# keeps them: int8 codes of integer formats of at most 8 bits, float8 ones of E4M3, E5M2 and
+# MXFP8. CPU (C++) and CUDA (Triton).
 torch.library.define(
     "swalp::quantize_pack",
     "(Tensor x, int kind, int[] p, float[] f, int rounding, int k0, int k1) -> (Tensor, Tensor)",
@@ -238,15 +239,15 @@ def run_op_seeded(x: Tensor, fmt, rounding: Rounding, seed: Tensor) -> Tensor:
 _FP8 = (FloatFormat(4, 3, finite_only=True), FloatFormat(5, 2), FloatFormat(5, 2, saturate=False))
 
 
-def kernel_packs(x: Tensor, fmt, floats: bool = True) -> bool:
+def kernel_packs(x: Tensor, fmt) -> bool:
     """Whether ``swalp::quantize_pack`` takes ``x`` and ``fmt``: float32 or float64 input;
-    integer formats of up to 8 bits, and (``floats``: the C++ kernel) E4M3, E5M2 and MXFP8."""
+    integer formats of up to 8 bits, E4M3, E5M2 and MXFP8."""
     if x.dtype not in (torch.float32, torch.float64):
         return False
     if isinstance(fmt, (FixedPoint, BlockFloat)):
         return fmt.wl <= 8
     element = fmt.element if isinstance(fmt, MXFloat) else fmt
-    return floats and element in _FP8
+    return element in _FP8
 
 
 def run_op_pack(x: Tensor, fmt, rounding: Rounding, seed: int | None) -> tuple[Tensor, Tensor]:

@@ -32,7 +32,7 @@ def launch_seeded(x, kind, p, f, rounding, seed):
 
 
 def _pack(x, fmt, rounding, seed):
-    return run_op_pack(x, fmt, rounding, seed) if kernel_packs(x, fmt, floats=False) else None
+    return run_op_pack(x, fmt, rounding, seed) if kernel_packs(x, fmt) else None
 
 
 def _unpack(codes, exponents, fmt, dtype):

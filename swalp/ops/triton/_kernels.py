@@ -94,6 +94,24 @@ def _round(s, i, k0, k1, STOCH: tl.constexpr, F64: tl.constexpr):
 
 
 @triton.jit
+def _fp8_code(o, man):
+    # The bits of o, a value of float8 E4M3 "fn" (man 3) or E5M2 (man 2) already (zero, normal,
+    # subnormal, NaN, E5M2's inf): the C++ Fp8Code of swalp/ops/cpu/csrc/pack.cpp, select by select.
+    bias = tl.where(man == 3, 7, 15)
+    u = o.to(tl.int32, bitcast=True)
+    a = u & 0x7FFFFFFF
+    e = (a >> 23) - 127
+    normal = ((e + bias) << man) | ((a >> (23 - man)) & ((1 << man) - 1))
+    sh = 23 - man + (1 - bias - e)  # subnormal: o / 2^(1 - bias - man)
+    sub = ((a & 0x7FFFFF) | 0x800000) >> tl.minimum(tl.maximum(sh, 0), 31)
+    code = tl.where(e >= 1 - bias, normal, sub)
+    code = tl.where(a == 0, 0, code)
+    code = tl.where(a == 0x7F800000, 0x7C, code)  # inf (E5M2 only)
+    code = tl.where(a > 0x7F800000, 0x7F, code)  # NaN
+    return ((u >> 24) & 0x80) | code
+
+
+@triton.jit
 def _block_of(i, L, inner, G, size, BLOCKING: tl.constexpr):
     if BLOCKING == PER_AXIS:
         return (i // inner) % L
@@ -128,7 +146,8 @@ def quantize_kernel(x_ptr, y_ptr, m_ptr, key, bound_ptr, n, L, inner, G, size,
                     fl, wl, emin, emax, offset, man, femin,  # format numbers: runtime, so no recompiling per format
                     KIND: tl.constexpr, STOCH: tl.constexpr, BLOCKING: tl.constexpr, SAT: tl.constexpr,
                     F64: tl.constexpr, BF16: tl.constexpr, BLOCK: tl.constexpr, CODES: tl.constexpr = False):
-    # CODES (integer formats): store the integer codes q to an int8 y, not q * 2^-k (swalp.pack)
+    # CODES: store what swalp.pack keeps: the integer codes q to an int8 y, not q * 2^-k; for
+    # small floats (E4M3, E5M2 elements) the bits of the element value, before an MX block's scale
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < n
     v = tl.load(x_ptr + i, mask=mask, other=0.0).to(tl.float64 if F64 else tl.float32)
@@ -176,7 +195,9 @@ def quantize_kernel(x_ptr, y_ptr, m_ptr, key, bound_ptr, n, L, inner, G, size,
             out = tl.where(out > big, big, out)
         else:
             out = tl.where(tl.abs(out) > big, tl.where(out > 0, float("inf"), float("-inf")).to(out.dtype), out)
-        if KIND == MX_FLOAT:
+        if CODES:
+            out = _fp8_code(out.to(tl.float32), man)
+        elif KIND == MX_FLOAT:
             out = _pow2_mul(out, e, F64)
     if BF16:  # round to nearest even by hand (y is int16): not every Triton backend does
         b = out.to(tl.float32).to(tl.int32, bitcast=True)

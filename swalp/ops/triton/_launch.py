@@ -71,18 +71,24 @@ def launch(x, kind, p, f, rounding, k0, k1):
 
 
 def launch_pack(x, kind, p, f, rounding, k0, k1):
-    """``swalp::quantize_pack`` for CUDA: int8 codes in the same pass, then each block's
-    exponent from its maximum (a tensor of one value per block, computed on the device)."""
+    """``swalp::quantize_pack`` for CUDA: the codes in the same pass (int8 for fixed point and
+    BFP of up to 8 bits; float8 bits for E4M3 and E5M2, MX elements included), then each
+    block's exponent from its maximum (a tensor of one value per block, computed on the device)."""
     v = Params(*p)
-    if kind not in (Kind.FIXED_POINT, Kind.BLOCK_FLOAT) or v.wl > 8:
-        raise ValueError("swalp::quantize_pack: fixed point or block floating point of at most 8 bits")
-    if torch.isnan(x).any():
+    integer = kind in (Kind.FIXED_POINT, Kind.BLOCK_FLOAT)
+    if integer and v.wl > 8 or not integer and v.man not in (2, 3):
+        raise ValueError("swalp::quantize_pack: fixed point or block floating point of at most 8 bits, "
+                         "or E4M3/E5M2 elements")
+    if integer and torch.isnan(x).any():
         raise ValueError("cannot pack NaN into a fixed-point or block floating-point format: it has no NaN code")
     codes, m = _run(x, kind, p, f, rounding, k0, k1, codes=True)
-    if kind == Kind.FIXED_POINT or x.numel() == 0:
-        return codes, codes.new_empty((0,))
+    if not integer:
+        codes = codes.view(torch.float8_e4m3fn if v.man == 3 else torch.float8_e5m2)
+    if kind in (Kind.FIXED_POINT, Kind.FLOAT_FORMAT) or x.numel() == 0:
+        return codes, codes.new_empty((0,), dtype=torch.int8)
     bits = m.view(torch.float64 if x.dtype == torch.float64 else torch.float32)  # the largest |x|, as a float
-    e = torch.where(m != 0, floor_log2(torch.where(m != 0, bits, torch.ones_like(bits))), v.emin).clamp(v.emin, v.emax)
+    e = floor_log2(torch.where(m != 0, bits, torch.ones_like(bits))) - v.offset  # MX: less the element's emax
+    e = torch.where(m != 0, e, v.emin).clamp(v.emin, v.emax)
     if x.dim() == 0 or v.block == Block.WHOLE:
         return codes, e.reshape(()).to(torch.int8)
     if v.block == Block.PER_AXIS:
@@ -118,7 +124,8 @@ def _run(x, kind, p, f, rounding, k0, k1, codes: bool):
     absmax_kernel, quantize_kernel, _ = _kernels_jit()
     v = Params(*p)
     xc = x.contiguous()
-    y = torch.empty(x.shape, dtype=torch.int8 if codes else x.dtype, device=x.device)
+    out = x.dtype if not codes else torch.int8 if kind in (Kind.FIXED_POINT, Kind.BLOCK_FLOAT) else torch.uint8
+    y = torch.empty(x.shape, dtype=out, device=x.device)
     n = xc.numel()
     if n == 0:
         return y, None
