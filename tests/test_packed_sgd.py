@@ -7,7 +7,14 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import swalp
-from swalp.formats import BlockFloat, FixedPoint, FloatFormat, MXFloat, PerAxis, PerGroup
+from swalp.formats import (
+    BlockFloat,
+    FixedPoint,
+    FloatFormat,
+    MXFloat,
+    PerAxis,
+    PerGroup,
+)
 from swalp.ops import pack
 from swalp.ops.sgd import packed_sgd
 
@@ -23,11 +30,11 @@ FORMATS = {
     "mxfp8": MXFloat(E4M3, block=PerGroup(8)),
 }
 SETTINGS = [
-    dict(lr=0.05, momentum=0.9, weight_decay=5e-4),  # the paper's
-    dict(lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True),
-    dict(lr=0.02, momentum=0.5, dampening=0.3, maximize=True),
-    dict(lr=0.1, weight_decay=0.01),  # no momentum
-    dict(lr=0.1),
+    {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},  # the paper's
+    {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3, "nesterov": True},
+    {"lr": 0.02, "momentum": 0.5, "dampening": 0.3, "maximize": True},
+    {"lr": 0.1, "weight_decay": 0.01},  # no momentum
+    {"lr": 0.1},
 ]
 
 
@@ -71,9 +78,10 @@ def test_kernel_with_different_formats_for_weights_gradient_and_momentum():
 # 10 * 0.1f = 1 + 2^-26 exactly, which a separate multiply rounds to 1: so x + a * y with x = -1
 # is 2^-26 fused and 0 unfused. Whole-tensor BFP8 then holds 2^-26 exactly (code 64, exponent -32).
 CANCEL = 2.0**-26
+WHOLE = BlockFloat(8)  # one exponent for the tensor
 
 
-def hand(values, fmt=BlockFloat(8)):
+def hand(values, fmt=WHOLE):
     return pack(torch.tensor(values), fmt)
 
 

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import torch
 from torch.optim.sgd import sgd as _torch_sgd
 
 from ..formats import Format, Rounding

@@ -47,7 +47,10 @@ from ..ops.packed import PackedTensor, pack
 from ..ops.sgd import packed_sgd
 from ..recipes import param_format
 
-_GRAD, _ACC, _STATE = 2, 3, 5  # roles in the per-tensor seed, as in optimizer.py
+# Roles in the per-tensor seed (optimizer.py uses them too); the numbers are part of the run's
+# definition (4, once the weights' own role, is no longer drawn: a parameter without a gradient
+# keeps its weight).
+_INIT, _GRAD, _ACC, _STATE = 1, 2, 3, 5
 _SGD = ("lr", "weight_decay", "momentum", "dampening", "nesterov", "maximize")  # packed_sgd's settings
 
 # Elements stepped at once: the float temporaries of a step are those of this many elements
@@ -189,7 +192,7 @@ class PackedStorage:
         held = self.packed.get(p, {})
         fmt_m = self.state_format("momentum_buffer") if heavy else r.acc
         if (weights is None or grad is None or p.dtype != torch.float32 or r.acc != r.weight or fmt_m is None
-                or (p in self.optimizer.state and self.optimizer.state[p]) or set(held) - {"momentum_buffer"}
+                or self.optimizer.state.get(p) or set(held) - {"momentum_buffer"}
                 or held and not heavy):
             return False
         z = self._seed()

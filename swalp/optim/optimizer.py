@@ -56,7 +56,7 @@ from ..nn.convert import model_recipe
 from ..ops._dispatch import dispatch, dispatch_many_
 from ..ops.packed import PackedTensor
 from ..recipes import Recipe, get_recipe
-from ._storage import PackedStorage, _param_format
+from ._storage import _ACC, _GRAD, _INIT, _STATE, PackedStorage, _param_format
 
 STORAGES = ("simulated", "packed")  # how the rounded state is held between steps
 
@@ -64,9 +64,6 @@ SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delt
 # Counters and scalars that may be tensors (of a 0-D parameter's shape, even): never rounded.
 SCALARS = ("step", "mu_product", "eta", "mu")
 
-# Roles in the per-tensor seed; the numbers are part of the run's definition (_WEIGHT is
-# no longer drawn: a parameter without a gradient keeps its weight).
-_INIT, _GRAD, _ACC, _WEIGHT, _STATE = 1, 2, 3, 4, 5
 # The role names a statistics collector sees (swalp/optim/health.py); _ACC's sub 1, Q_W(a) where
 # the weights are not the accumulator, is "weight". _INIT (construction) is not measured.
 _ROLE_NAMES = {_GRAD: "grad", _ACC: "acc", _STATE: "momentum"}
