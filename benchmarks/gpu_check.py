@@ -7,6 +7,8 @@
    reference, bit for bit, for every format that packs.
 3. Integer products: ``int8_mm`` and the ``int8_conv`` ops on the GPU (cuBLAS int8, padded
    shapes included) against the float64 product of the same grid values.
+3a. The packed SGD step (``swalp.ops.sgd.packed_sgd``, what ``storage="packed"`` steps with) on
+   the GPU against the CPU's C++ kernel, codes and exponents bit for bit.
 3b. Rounding statistics (``swalp inspect``, ``--stats-every``): ``swalp.ops.stats.rounding_sums``
    on the GPU (the torch path) against the CPU's C++ kernel, counts exactly, sums to 1e-5.
 4. A VGG-16 training step at CIFAR size (batch 128, SGD momentum 0.9, wd 5e-4) for fp32, the
@@ -127,6 +129,32 @@ def check_stats(device) -> int:
     return failures
 
 
+def check_sgd(device) -> int:
+    """The packed SGD step (swalp/ops/sgd.py) on the device against the CPU's C++ kernel."""
+    from swalp.ops.sgd import packed_sgd
+
+    failures = cases = 0
+    g = torch.Generator().manual_seed(4)
+    for fmt in [swalp.get_format(n) for n in PACK_FORMATS]:
+        w, grad, m = (swalp.pack(torch.randn(64, 129, generator=g) * s, fmt, "stochastic", seed=k)
+                      for k, s in ((1, 1.0), (2, 0.1), (3, 0.1)))
+        for settings in ({"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}, {"lr": 0.1, "momentum": 0.9, "nesterov": True}):
+            want = packed_sgd(w, grad, m, fmt, fmt, "stochastic", (5, 6), **settings)  # C++
+            on = [t.to(device) for t in (w, grad, m)]
+            backend = "reference" if device.type == "cpu" else None  # the script's own check: the torch path
+            got = packed_sgd(*on, fmt, fmt, "stochastic", (5, 6), backend=backend, **settings)
+            cases += 1
+            for a, b in zip(got, want):
+                a = a.to(torch.device("cpu"))
+                if not (torch.equal(a.codes.view(torch.uint8), b.codes.view(torch.uint8))
+                        and (a.exponents is None or torch.equal(a.exponents, b.exponents))):
+                    failures += 1
+                    print(f"MISMATCH packed_sgd {fmt!r} {settings}")
+                    break
+    print(f"packed SGD step: {cases} cases, {failures} mismatches")
+    return failures
+
+
 def make_step(recipe, storage, compute, device, compile):
     torch.manual_seed(0)
     model = build_model("vgg16", 10, (3, 32, 32)).to(device)
@@ -218,6 +246,7 @@ def main(argv=None) -> int:
     failures += check_pack(device)
     failures += check_int8(device)
     failures += check_stats(device)
+    failures += check_sgd(device)
     result["steps"] = time_steps(args, device)
     result["failures"] = failures
     with open(args.json, "w") as f:
