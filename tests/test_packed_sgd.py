@@ -131,11 +131,11 @@ class Net(nn.Module):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
-def build(recipe="paper", **sgd):
+def build(recipe="paper", storage="packed", **sgd):
     torch.manual_seed(0)
     net = swalp.quantize_model(Net(), recipe)
     inner = torch.optim.SGD(net.parameters(), **{"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, **sgd})
-    return net, swalp.LowPrecisionOptimizer(inner, seed=3, storage="packed")
+    return net, swalp.LowPrecisionOptimizer(inner, seed=3, storage=storage)
 
 
 def train(net, opt, steps=3):
@@ -197,3 +197,14 @@ def test_what_the_wrapped_step_would_show_turns_the_fused_step_off(fused_calls):
     torch.optim.lr_scheduler.StepLR(opt, 1)  # on the wrapper: the fused step goes on
     train(net, opt, 1)
     assert len(fused_calls) == len(list(net.parameters()))
+
+
+def test_a_nan_step_leaves_float_numbers_as_the_simulated_step_does(fused_calls):
+    (net, opt), (sim_net, sim_opt) = build(), build(storage="simulated")
+    for o in (opt, sim_opt):
+        o.param_groups[0]["lr"] = float("nan")
+    train(net, opt, 1)
+    train(sim_net, sim_opt, 1)
+    assert len(fused_calls) == len(list(net.parameters()))  # each tried, each refused by its NaN
+    assert not any(swalp.nn.is_packed(p) for p in net.parameters())  # a NaN has no code: float, as simulated
+    assert all(torch.isnan(p).all() and torch.isnan(q).all() for p, q in zip(net.parameters(), sim_net.parameters()))
