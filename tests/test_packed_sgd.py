@@ -208,3 +208,18 @@ def test_a_nan_step_leaves_float_numbers_as_the_simulated_step_does(fused_calls)
     assert len(fused_calls) == len(list(net.parameters()))  # each tried, each refused by its NaN
     assert not any(swalp.nn.is_packed(p) for p in net.parameters())  # a NaN has no code: float, as simulated
     assert all(torch.isnan(p).all() and torch.isnan(q).all() for p, q in zip(net.parameters(), sim_net.parameters()))
+
+
+def test_packed_convolutions_take_the_split_backward_with_the_same_numbers(monkeypatch):
+    from swalp.nn import _conv
+
+    monkeypatch.setattr(_conv, "SPLIT_MIN", 0)  # this small model's convolution too
+    (net, opt), (sim, sim_opt) = build(), build(storage="simulated")
+    seen = []  # the node under the output Quantizer's (quantize_model rounds the output in a forward hook)
+    for model in (net, sim):
+        model.conv.register_forward_hook(lambda m, i, out: seen.append(type(out.grad_fn.next_functions[0][0]).__name__))
+    train(net, opt)
+    train(sim, sim_opt)
+    assert seen == ["_SplitConvBackward"] * 3 + ["ConvolutionBackward0"] * 3  # packed weights only
+    with swalp.nn.unpacked(net):
+        assert all(torch.equal(p, q) for p, q in zip(net.parameters(), sim.parameters()))

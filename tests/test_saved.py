@@ -140,3 +140,64 @@ def test_relu_bits_are_the_same_in_cpp_and_torch(shape, dtype):
         back = relu_unmask(bits, t.shape, out)
         assert back.dtype == out and torch.equal(back, relu_unmask(bits, t.shape, out, kernel=False))
         assert torch.equal(back, (~(t <= 0)).to(out))  # NaN passes the gradient, -0.0 and 0.0 do not
+
+
+# --- convolutions inside the block: the weight gradient, then the input gradient (swalp/nn/_conv.py)
+
+CONVS = [  # (input shape, weight shape, keyword arguments)
+    ((4, 6, 12, 12), (8, 6, 3, 3), {"padding": 1}),
+    ((4, 6, 12, 12), (8, 6, 3, 3), {"stride": 2, "dilation": 2}),
+    ((3, 6, 10, 9), (6, 3, 3, 3), {"groups": 2, "padding": (1, 0)}),
+    ((3, 6, 10, 10), (6, 1, 3, 3), {"groups": 6}),  # depthwise
+    ((5, 4, 30), (7, 4, 5), {"padding": 2, "stride": 3}),  # conv1d
+    ((2, 64, 32, 32), (64, 64, 3, 3), {"padding": 1}),  # VGG's second layer, batch 2
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", range(len(CONVS)))
+@pytest.mark.parametrize("bias", [True, False])
+def test_convolutions_in_the_block_give_torch_s_gradients_bit_for_bit(case, bias, dtype, monkeypatch):
+    from swalp.nn import _conv
+    from swalp.nn._conv import SplitConvolutions
+
+    monkeypatch.setattr(_conv, "SPLIT_MIN", 0)  # these small inputs too
+
+    xs, ws, kwargs = CONVS[case]
+    g = torch.Generator().manual_seed(case)
+    conv = torch.conv1d if len(ws) == 3 else torch.conv2d
+    leaves = [torch.randn(s, generator=g, dtype=dtype, requires_grad=True) for s in (xs, ws, ws[:1] if bias else None) if s]
+    results = []
+    for split in (False, True):
+        for t in leaves:
+            t.grad = None
+        with SplitConvolutions() if split else torch.enable_grad():
+            y = conv(*leaves, **kwargs)
+        assert (type(y.grad_fn).__name__ == "_SplitConvBackward") == split
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(9), dtype=dtype))
+        results.append([y.detach()] + [t.grad for t in leaves])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_split_convolutions_pass_the_rest_through_and_differentiate_twice(monkeypatch):
+    from swalp.nn import _conv
+    from swalp.nn._conv import SplitConvolutions
+
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    with SplitConvolutions():
+        small = torch.conv2d(x, w)  # under SPLIT_MIN elements: torch's own
+    monkeypatch.setattr(_conv, "SPLIT_MIN", 0)
+    with SplitConvolutions():
+        same = torch.conv2d(x, w, padding="same")  # a string padding: torch's own
+        with torch.no_grad():
+            plain = torch.conv2d(x, w)
+        y = torch.conv2d(x, w, padding=1)
+        (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    assert type(small.grad_fn).__name__ == type(same.grad_fn).__name__ == "ConvolutionBackward0"
+    assert plain.grad_fn is None and type(y.grad_fn).__name__ == "_SplitConvBackward"
+    (gw2,) = torch.autograd.grad(gx.sum(), w)  # through convolution_backward's own derivative
+    y0 = torch.conv2d(x, w, padding=1)
+    (gx0,) = torch.autograd.grad(y0.square().sum(), x, create_graph=True)
+    (gw20,) = torch.autograd.grad(gx0.sum(), w)
+    assert torch.allclose(gw2, gw20, rtol=1e-5, atol=1e-5)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import PackedTensor, pack
+from ._conv import SplitConvolutions
 from .saved import unpack_hook, weight_views
 
 __all__ = ["is_packed", "packed_state_dict", "packed_weight", "unpack_state_dict", "unpacked"]
@@ -160,6 +161,10 @@ def _unpack_for_forward(module: nn.Module, args) -> None:
         views.append(weight_views.add(p.data, packed))
     hooks = torch.autograd.graph.saved_tensors_hooks(weight_views.pack_hook, unpack_hook)
     hooks.__enter__()
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):  # its backward one gradient at a time (swalp/nn/_conv.py)
+        convs = SplitConvolutions()
+        convs.__enter__()
+        hooks = (hooks, convs)
     module.__dict__.setdefault(_OPEN, []).append((params, views, hooks))
 
 
@@ -171,7 +176,8 @@ def _release_after_forward(module: nn.Module, args, output) -> None:
     if entry is None:
         return
     params, views, hooks = entry
-    hooks.__exit__(None, None, None)
+    for context in reversed(hooks) if isinstance(hooks, tuple) else (hooks,):
+        context.__exit__(None, None, None)
     for p, key in zip(params, views):
         weight_views.discard(key)
         _release(p)
