@@ -1,4 +1,4 @@
-// Output tensors of swalp::quantize and the codes of swalp::quantize_pack on CPU (see quantize.cpp).
+// Output tensors of swalp::quantize on CPU (see quantize.cpp).
 //
 // Outputs of 4 MiB and more live in 2 MiB-aligned mappings advised to use transparent
 // huge pages, and freed ones are kept for reuse, up to POOL bytes. Why: a fresh output
@@ -113,20 +113,18 @@ class HugePageAllocator final : public at::Allocator {
 
 }  // namespace
 
-at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype) {
-  return at::detail::empty_generic(sizes, &HugePageAllocator::get(), c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
-                                   at::MemoryFormat::Contiguous);
+at::Tensor empty_output(const at::Tensor& x) {
+  return at::detail::empty_generic(x.sizes(), &HugePageAllocator::get(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   x.scalar_type(), at::MemoryFormat::Contiguous);
 }
-
-at::Tensor empty_output(const at::Tensor& x) { return empty_output(x.sizes(), x.scalar_type()); }
 
 std::vector<int64_t> output_pool(int64_t cap) { return HugePageAllocator::get().set_pool(cap); }
 #else
 }  // namespace
 
-at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype) { return at::empty(sizes, at::TensorOptions(dtype)); }
-
-at::Tensor empty_output(const at::Tensor& x) { return empty_output(x.sizes(), x.scalar_type()); }
+at::Tensor empty_output(const at::Tensor& x) {
+  return at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+}
 
 std::vector<int64_t> output_pool(int64_t cap) { return {0, 0}; }  // no pool here
 #endif

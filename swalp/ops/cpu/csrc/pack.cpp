@@ -42,7 +42,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_pack_cpu(const at::Tensor& x, int64_
               "swalp::quantize_pack: float32 or float64 input");
   const at::Tensor xc = x.contiguous();
   const auto code_type = integer ? at::kChar : p[P_MAN] == 3 ? at::kFloat8_e4m3fn : at::kFloat8_e5m2;
-  at::Tensor codes = swalp::empty_output(x.sizes(), code_type);  // large ones reused, as quantize's outputs
+  // Not from the output pool (output.cpp): packing is for saving memory, and the pool keeps freed buffers.
+  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(code_type));
   std::vector<int64_t> eshape;  // exponents: () for one block, (L) per index, (..., G) for tiles
   if (kind == FIXED_POINT || kind == FLOAT_FORMAT || x.numel() == 0) {
     eshape = {0};
