@@ -45,7 +45,7 @@ __all__ = ["is_packed", "packed_state_dict", "packed_weight", "unpack_state_dict
 
 _PACKED = "_swalp_packed"  # on a parameter held packed: (PackedTensor, strides of its float form)
 _HOOKED = "_swalp_hooked"  # on a parameter whose module unpacks it for its forward (install_hooks)
-_OPEN = "_swalp_open"  # on a module inside its forward: [(parameters, views, hooks context)]
+_OPEN = "_swalp_open"  # on a module inside its forward: [(parameters, views, contexts entered)]
 _KEEP_PACKED: contextvars.ContextVar = contextvars.ContextVar("swalp_keep_packed", default=False)
 
 
@@ -159,13 +159,12 @@ def _unpack_for_forward(module: nn.Module, args) -> None:
         packed = packed_weight(p)
         p.data = _float(p)
         views.append(weight_views.add(p.data, packed))
-    hooks = torch.autograd.graph.saved_tensors_hooks(weight_views.pack_hook, unpack_hook)
-    hooks.__enter__()
+    contexts = [torch.autograd.graph.saved_tensors_hooks(weight_views.pack_hook, unpack_hook)]
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):  # its backward one gradient at a time (swalp/nn/_conv.py)
-        convs = SplitConvolutions()
-        convs.__enter__()
-        hooks = (hooks, convs)
-    module.__dict__.setdefault(_OPEN, []).append((params, views, hooks))
+        contexts.append(SplitConvolutions())
+    for context in contexts:
+        context.__enter__()
+    module.__dict__.setdefault(_OPEN, []).append((params, views, contexts))
 
 
 def _release_after_forward(module: nn.Module, args, output) -> None:
@@ -175,8 +174,8 @@ def _release_after_forward(module: nn.Module, args, output) -> None:
     entry = opened.pop()
     if entry is None:
         return
-    params, views, hooks = entry
-    for context in reversed(hooks) if isinstance(hooks, tuple) else (hooks,):
+    params, views, contexts = entry
+    for context in reversed(contexts):
         context.__exit__(None, None, None)
     for p, key in zip(params, views):
         weight_views.discard(key)

@@ -240,10 +240,13 @@ _FP8 = (FloatFormat(4, 3, finite_only=True), FloatFormat(5, 2), FloatFormat(5, 2
 
 
 def kernel_packs(x: Tensor, fmt) -> bool:
-    """Whether ``swalp::quantize_pack`` takes ``x`` and ``fmt``: float32 or float64 input;
-    integer formats of up to 8 bits, E4M3, E5M2 and MXFP8."""
-    if x.dtype not in (torch.float32, torch.float64):
-        return False
+    """Whether ``swalp::quantize_pack`` takes ``x`` and ``fmt``: float32 or float64 input and
+    a format :func:`format_packs`."""
+    return x.dtype in (torch.float32, torch.float64) and format_packs(fmt)
+
+
+def format_packs(fmt) -> bool:
+    """Whether the packing kernels hold ``fmt``: integer formats of up to 8 bits, E4M3, E5M2, MXFP8."""
     if isinstance(fmt, (FixedPoint, BlockFloat)):
         return fmt.wl <= 8
     element = fmt.element if isinstance(fmt, MXFloat) else fmt

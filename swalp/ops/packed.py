@@ -176,8 +176,7 @@ def pack(x: Tensor, fmt: Format | str, rounding: Rounding | str = "nearest", see
     except ValueError:  # the kernel met a NaN
         raise ValueError(f"cannot pack NaN into {fmt!r}: the format has no NaN code") from None
     if fast is not None:
-        codes, exponents = fast
-        return PackedTensor(codes, None if isinstance(fmt, (FixedPoint, FloatFormat)) else exponents, fmt)
+        return from_kernel(*fast, fmt)
     element = fmt.element if isinstance(fmt, MXFloat) else fmt
     if isinstance(element, FloatFormat):
         container = _float_container(element)
@@ -193,6 +192,12 @@ def pack(x: Tensor, fmt: Format | str, rounding: Rounding | str = "nearest", see
     if isinstance(fmt, FixedPoint):
         return PackedTensor(codes, None, fmt)
     return PackedTensor(codes, _compact((fmt.wl - 2) + e, fmt.block).to(torch.int8), fmt)  # e = -(shift)
+
+
+def from_kernel(codes: Tensor, exponents: Tensor, fmt: Format) -> PackedTensor:
+    """The PackedTensor of a packing kernel's ``(codes, exponents)`` (swalp/ops/_schema.py
+    quantize_pack): formats without blocks keep no exponents."""
+    return PackedTensor(codes, None if isinstance(fmt, (FixedPoint, FloatFormat)) else exponents, fmt)
 
 
 def _compact(e: Tensor, block) -> Tensor:

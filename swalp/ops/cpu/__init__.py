@@ -23,11 +23,11 @@ import torch
 
 from ..._checks import check_int
 from ..._rng import seed_keys
-from ...formats import FixedPoint, FloatFormat, Rounding
+from ...formats import Rounding
 from .._dispatch import Backend
 from .._reference import round_to_grid
-from ..packed import PackedTensor
 from .._schema import (
+    format_packs,
     kernel_packs,
     kernel_unpacks,
     pack,
@@ -39,6 +39,7 @@ from .._schema import (
     run_op_unpack,
     unpack_args,
 )
+from ..packed import from_kernel
 from ._build import failed, load
 
 __all__ = ["BACKEND", "load", "set_output_pool"]
@@ -85,13 +86,10 @@ def _unpack(codes, exponents, fmt, dtype):
     return run_op_unpack(codes, exponents, fmt) if kernel_unpacks(codes, dtype) and load() else None
 
 
-_FLOAT32 = torch.empty(())  # what kernel_packs asks of the floats the step rounds: their dtype
-
-
 def _sgd(w, g, m, fmt_w, fmt_m, rounding, seeds, hyper):
     """swalp/ops/sgd.py packed_sgd in one C++ call (csrc/sgd.cpp); None where it does not apply."""
     heavy = hyper["momentum"] != 0
-    if not (kernel_packs(_FLOAT32, fmt_w) and (not heavy or kernel_packs(_FLOAT32, fmt_m)) and load()):
+    if not (format_packs(fmt_w) and (not heavy or format_packs(fmt_m)) and load()):
         return None
     inputs = [w, g] + ([m] if m is not None else [])
     if not all(kernel_unpacks(t.codes, torch.float32) and t.codes.is_cpu for t in inputs):
@@ -109,10 +107,7 @@ def _sgd(w, g, m, fmt_w, fmt_m, rounding, seeds, hyper):
     numbers = [float(hyper[k]) for k in ("lr", "weight_decay", "momentum", "dampening")]
     wc, we, mc, me = torch.ops.swalp_cpu.sgd_packed(*tensors, args, numbers, flags, wkind, wp, wf, mkind, mp, mf,
                                                      int(stochastic), keys)
-    new_w = PackedTensor(wc, None if isinstance(fmt_w, (FixedPoint, FloatFormat)) else we, fmt_w)
-    if not heavy:
-        return new_w, None
-    return new_w, PackedTensor(mc, None if isinstance(fmt_m, (FixedPoint, FloatFormat)) else me, fmt_m)
+    return from_kernel(wc, we, fmt_w), from_kernel(mc, me, fmt_m) if heavy else None
 
 
 def _many_(xs, fmts, rounding, seeds) -> None:
