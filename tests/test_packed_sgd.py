@@ -223,3 +223,12 @@ def test_packed_convolutions_take_the_split_backward_with_the_same_numbers(monke
     assert seen == ["_SplitConvBackward"] * 3 + ["ConvolutionBackward0"] * 3  # packed weights only
     with swalp.nn.unpacked(net):
         assert all(torch.equal(p, q) for p, q in zip(net.parameters(), sim.parameters()))
+
+
+def test_a_failing_packed_convolution_leaves_no_mode_behind():
+    net, opt = build()
+    with pytest.raises(RuntimeError):
+        net(torch.randn(8, 3, 8))  # 3 channels where the convolution takes 2
+    assert torch._C._len_torch_function_stack() == 0  # the layer's SplitConvolutions exited with it
+    assert swalp.nn.is_packed(net.conv.weight)  # and its weights are held packed again
+    train(net, opt, 1)
