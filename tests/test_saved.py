@@ -201,3 +201,22 @@ def test_split_convolutions_pass_the_rest_through_and_differentiate_twice(monkey
     (gx0,) = torch.autograd.grad(y0.square().sum(), x, create_graph=True)
     (gw20,) = torch.autograd.grad(gx0.sum(), w)
     assert torch.allclose(gw2, gw20, rtol=1e-5, atol=1e-5)
+
+
+def test_split_convolution_at_vgg_size_gives_torch_s_gradients_bit_for_bit():
+    """VGG-16's second layer at batch 128 (8.4M input elements, over SPLIT_MIN): where the split
+    matters, oneDNN's kernels for the whole shape, in one call or two."""
+    from swalp.nn._conv import SplitConvolutions
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 64, 32, 32, generator=g, requires_grad=True)
+    w = (torch.randn(64, 64, 3, 3, generator=g) * 0.05).requires_grad_()
+    b = torch.randn(64, generator=g, requires_grad=True)
+    grad = torch.randn(128, 64, 32, 32, generator=g)
+    results = []
+    for split in (False, True):
+        with SplitConvolutions() if split else torch.enable_grad():
+            y = torch.conv2d(x, w, b, padding=1)
+        assert (type(y.grad_fn).__name__ == "_SplitConvBackward") == split
+        results.append(torch.autograd.grad(y, (x, w, b), grad))
+    assert all(torch.equal(a, c) for a, c in zip(*results))
