@@ -14,6 +14,7 @@ from swalp.formats import (
     MXFloat,
     PerAxis,
     PerGroup,
+    Rounding,
 )
 from swalp.ops import pack
 from swalp.ops.sgd import packed_sgd
@@ -101,6 +102,18 @@ def test_every_multiply_add_is_fused_as_torch_fuses_it(backend):
     assert step([0.0, 0.0], [-1.0, -1.0], [110.0, 110.0], lr=1.0, momentum=0.1, nesterov=True)[0] == [-CANCEL] * 2
     # learning rate: w = w + (-lr) * d = 1 - 0.1f * 10
     assert step([1.0, 1.0], [10.0, 10.0], None, lr=0.1)[0] == [-CANCEL] * 2
+
+
+def test_the_kernel_steps_only_where_torch_fuses_its_multiply_adds(monkeypatch):
+    import swalp.ops.cpu as cpu
+
+    assert cpu.torch_add_is_fma()  # this machine's torch: AVX2 or AVX-512 kernels
+    fmt = BlockFloat(8)
+    args = (hand([1.0]), hand([2.0]), None, fmt, fmt, Rounding.NEAREST, (0, 0), {**SETTINGS[0], "dampening": 0.0,
+                                                                                 "nesterov": False, "maximize": False})
+    assert cpu._sgd(*args) is not None
+    monkeypatch.setattr(cpu, "torch_add_is_fma", lambda: False)  # a torch whose add rounds twice
+    assert cpu._sgd(*args) is None  # packed_sgd then takes the torch path, whatever torch does
 
 
 def test_torch_sgd_gives_the_same_hand_computed_numbers():

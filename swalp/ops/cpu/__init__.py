@@ -19,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..._checks import check_int
@@ -86,10 +88,19 @@ def _unpack(codes, exponents, fmt, dtype):
     return run_op_unpack(codes, exponents, fmt) if kernel_unpacks(codes, dtype) and load() else None
 
 
+@functools.cache
+def torch_add_is_fma() -> bool:
+    """Whether this torch's CPU ``add(alpha)`` is one fused multiply-add, in the vector body and the
+    scalar tail, as csrc/sgd.cpp computes it (so on x86 with AVX2 or AVX-512, and on ARM; a build
+    without FMA rounds twice, and the SGD step then takes the torch path)."""
+    x = torch.full((67,), -1.0).add(torch.full((67,), 10.0), alpha=0.1)  # 10 * 0.1f = 1 + 2^-26
+    return bool((x == 2.0**-26).all())
+
+
 def _sgd(w, g, m, fmt_w, fmt_m, rounding, seeds, hyper):
     """swalp/ops/sgd.py packed_sgd in one C++ call (csrc/sgd.cpp); None where it does not apply."""
     heavy = hyper["momentum"] != 0
-    if not (format_packs(fmt_w) and (not heavy or format_packs(fmt_m)) and load()):
+    if not (format_packs(fmt_w) and (not heavy or format_packs(fmt_m)) and torch_add_is_fma() and load()):
         return None
     inputs = [w, g] + ([m] if m is not None else [])
     if not all(kernel_unpacks(t.codes, torch.float32) and t.codes.is_cpu for t in inputs):
