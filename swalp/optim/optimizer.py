@@ -98,8 +98,9 @@ class LowPrecisionOptimizer(PackedStorage, Optimizer):
         storage: ``"simulated"`` (every buffer a float tensor of grid values) or ``"packed"``:
             weights (of a model converted by :func:`swalp.quantize_model`), gradients and
             first moments are held packed (:func:`swalp.pack`: 8 bits and an exponent per
-            block) and the step goes parameter by parameter, with the same numbers bit for
-            bit (swalp/optim/_storage.py, its caveats: no gradient accumulation over several
+            block) and the step goes parameter by parameter (a plain ``torch.optim.SGD`` in one
+            C++ call each, from packed to packed), with the same numbers bit for bit
+            (swalp/optim/_storage.py, its caveats: no gradient accumulation over several
             backward passes, no ``.grad`` between backward and step).
 
     The initial weights are quantized at construction (``w = Q_W(a)``, ``a = Q_ACC(p)``),
