@@ -58,21 +58,18 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def bench_one(x, y, fmt, rounding, backend, repeats, packed=False) -> tuple[float, float]:
-    """Median seconds of one quantize (or, ``packed``, one pack) call and of one torch.mul,
-    measured alternately."""
-
-    def quant():
-        (swalp.pack if packed else swalp.quantize)(x, fmt, rounding, seed=0, backend=backend)
+def bench_one(x, y, op, repeats) -> tuple[float, float]:
+    """Median seconds of one call of ``op`` (a quantize, a pack or an unpack) and of one
+    torch.mul, measured alternately."""
 
     def mul():
         torch.mul(x, 2, out=y)
 
-    quant(), mul()  # warm-up: compilation, caches, allocator
+    op(), mul()  # warm-up: compilation, caches, allocator
     tq, tm = [], []
     for _ in range(repeats):
         tm += [timed(mul, x.device) for _ in range(3)]  # cheap: more samples for a steadier median
-        tq.append(timed(quant, x.device))
+        tq.append(timed(op, x.device))
     return statistics.median(tq), statistics.median(tm)
 
 
@@ -88,7 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed quantize runs per record, median reported (default 3)")
     p.add_argument("--device", default="cpu", help="torch device of the tensor (default cpu)")
     p.add_argument("--packed", action="store_true",
-                   help="also time swalp.pack (int8 codes and exponents, a quarter of the bytes written)")
+                   help="also time swalp.pack (int8 codes and exponents, a quarter of the bytes written) "
+                        "and PackedTensor.unpack")
     p.add_argument("--json", metavar="FILE", help="also write the records as JSON")
     args = p.parse_args(argv)
 
@@ -113,7 +111,7 @@ def main(argv=None) -> int:
 
     records = []
     header = f"{'format':<18}{'rounding':<12}{'backend':<12}{'threads':>8}{'Melem/s':>10}{'ratio':>8}"
-    header += f"{'packed ratio':>14}" if args.packed else ""
+    header += f"{'packed ratio':>14}{'unpack ratio':>14}" if args.packed else ""
     print(header)
     print("-" * len(header))
     for threads in args.threads:
@@ -122,7 +120,7 @@ def main(argv=None) -> int:
             for rounding in args.rounding:
                 for backend in names:
                     try:
-                        tq, tm = bench_one(x, y, fmt, rounding, backend, args.repeats)
+                        tq, tm = bench_one(x, y, lambda: swalp.quantize(x, fmt, rounding, 0, backend=backend), args.repeats)
                     except ValueError as err:  # the backend does not support this input
                         print(f"{name:<18}{rounding:<12}{backend:<12}{threads:>8}  skipped: {err}")
                         continue
@@ -144,9 +142,12 @@ def main(argv=None) -> int:
                     )
                     line = ""
                     if args.packed:
-                        tp, tm2 = bench_one(x, y, fmt, rounding, backend, args.repeats, packed=True)
-                        rec.update(packed_seconds=tp, packed_mul_seconds=tm2, packed_ratio_to_mul=tm2 / tp)
-                        line = f"{tm2 / tp:>14.3f}"
+                        tp, tm2 = bench_one(x, y, lambda: swalp.pack(x, fmt, rounding, 0, backend=backend), args.repeats)
+                        packed = swalp.pack(x, fmt, rounding, 0, backend=backend)
+                        tu, tm3 = bench_one(x, y, packed.unpack, args.repeats)
+                        rec.update(packed_seconds=tp, packed_mul_seconds=tm2, packed_ratio_to_mul=tm2 / tp,
+                                   unpack_seconds=tu, unpack_mul_seconds=tm3, unpack_ratio_to_mul=tm3 / tu)
+                        line = f"{tm2 / tp:>14.3f}{tm3 / tu:>14.3f}"
                     records.append(rec)
                     speed, ratio = rec["elems_per_s"] / 1e6, rec["ratio_to_mul"]
                     print(f"{name:<18}{rounding:<12}{backend:<12}{threads:>8}{speed:>10.1f}{ratio:>8.3f}" + line)

@@ -23,6 +23,7 @@ def test_quantize_benchmark_writes_a_record_per_format_and_rounding(tmp_path):
     records = json.loads((tmp_path / "q.json").read_text())
     rows = records["results"] if isinstance(records, dict) else records
     assert len(rows) == 2 and all(r["ratio_to_mul"] > 0 and r["packed_ratio_to_mul"] > 0 for r in rows)
+    assert all(r["unpack_ratio_to_mul"] > 0 for r in rows)
 
 
 def test_train_step_benchmark_times_both_recipes(tmp_path):

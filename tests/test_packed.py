@@ -230,3 +230,12 @@ def test_a_meta_tensor_has_nothing_to_pack():
     assert swalp.quantize(x, "bfp8").shape == (3, 4)  # quantize gives the shape (shape inference)
     with pytest.raises(ValueError, match="cannot pack a meta tensor: it has no values"):
         swalp.pack(x, "bfp8")
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_cpp_kernel_unpacks_every_float8_code_as_torch_casts_it(dtype):
+    assert swalp.ops.cpu.load()
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(dtype).reshape(16, 16)
+    fmt = swalp.FP8_E4M3 if dtype == torch.float8_e4m3fn else swalp.FP8_E5M2
+    fast = run_op_unpack(codes, None, fmt)  # NaN payloads, infinities, subnormals, both zeros
+    assert torch.equal(fast.view(torch.int32), codes.to(torch.float32).view(torch.int32))

@@ -9,8 +9,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace {
 
@@ -25,13 +27,28 @@ inline float pow2f(int32_t k) {  // k in the normal range
 
 inline int32_t floor_half(int32_t s) { return s >= 0 ? s / 2 : -((1 - s) / 2); }
 
-template <typename C> inline float value(C c) { return static_cast<float>(c); }
+// The float value of each of a float8 type's 256 codes, by c10's own conversion: a table in
+// L1 makes the conversion one load per element, where c10's takes dozens of instructions.
+template <typename C> const float* values_of() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int b = 0; b < 256; ++b) t[b] = static_cast<float>(C(static_cast<uint8_t>(b), C::from_bits()));
+    return t;
+  }();
+  return table.data();
+}
 
 // out[j] = code[j] * 2^a * 2^b over a contiguous run whose exponent is one constant.
 template <typename C> inline void run(const C* c, float* o, int64_t n, int32_t s) {
   const int32_t a = floor_half(s);
   const float fa = pow2f(a), fb = pow2f(s - a);
-  for (int64_t j = 0; j < n; ++j) o[j] = value(c[j]) * fa * fb;
+  if constexpr (std::is_same_v<C, int8_t>) {
+    for (int64_t j = 0; j < n; ++j) o[j] = static_cast<float>(c[j]) * fa * fb;
+  } else {
+    const float* table = values_of<C>();
+    const uint8_t* bits = reinterpret_cast<const uint8_t*>(c);
+    for (int64_t j = 0; j < n; ++j) o[j] = table[bits[j]] * fa * fb;
+  }
 }
 
 template <typename C>
@@ -44,6 +61,16 @@ void unpack_into(const C* c, const int8_t* e, float* o, int64_t outer, int64_t L
     return;
   }
   const int64_t G = (L + k - 1) / k;
+  if (block == PER_GROUP && inner == 1) {  // tiles along the last axis: each a contiguous run
+    at::parallel_for(0, outer, std::max<int64_t>(1, (1 << 16) / L), [&](int64_t b, int64_t end) {
+      for (int64_t ob = b; ob < end; ++ob)
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t at = ob * L + g * k;
+          run(c + at, o + at, std::min(k, L - g * k), e[ob * G + g] - static_cast<int32_t>(shift));
+        }
+    });
+    return;
+  }
   at::parallel_for(0, outer * L, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(inner, 1)), [&](int64_t b, int64_t end) {
     for (int64_t r = b; r < end; ++r) {
       const int64_t ob = r / L, l = r % L, base = r * inner;
