@@ -7,15 +7,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import swalp
-from swalp.formats import (
-    BlockFloat,
-    FixedPoint,
-    FloatFormat,
-    MXFloat,
-    PerAxis,
-    PerGroup,
-    Rounding,
-)
+from swalp.formats import BlockFloat, FixedPoint, FloatFormat, MXFloat, PerAxis, PerGroup, Rounding
 from swalp.ops import pack
 from swalp.ops.sgd import packed_sgd
 
