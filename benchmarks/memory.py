@@ -15,7 +15,8 @@ updating an average after each, and reports:
   of one step, packed, and as float32 tensors they would have taken;
 * ``peak_mb``: the process's peak resident memory during the steps minus its resident memory
   just before the model was built (the peak is reset there through /proc/self/clear_refs), so
-  that the interpreter and torch itself are not counted. Linux only.
+  that the interpreter and torch itself are not counted. Linux only. With ``--device cuda``:
+  ``torch.cuda.max_memory_allocated`` during the steps less what was allocated before the model.
 
 Variants: ``fp32`` (torch.optim.SGD and torch's AveragedModel), ``paper`` (the simulated
 8-bit recipe: quantize_model, LowPrecisionOptimizer, WeightAverage; every number a grid
@@ -119,19 +120,24 @@ class PeakFinder:
                     peak_in_backward_mb=(self.peak - self.before) / 1024)
 
 
-def child(model_name: str, variant: str, steps: int, threads: int, where: bool = False) -> dict:
+def child(model_name: str, variant: str, steps: int, threads: int, where: bool = False, device: str = "cpu") -> dict:
     import swalp
     from swalp.models import build_model
 
     torch.set_num_threads(threads)
+    cuda = device.startswith("cuda")
     batch, shape, classes = BATCH[model_name]
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(batch, *shape, generator=gen), torch.randint(0, classes, (batch,), generator=gen)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak resident memory (VmHWM) to the current one
-    before = rss_kb()
+    x, y = torch.randn(batch, *shape, generator=gen).to(device), torch.randint(0, classes, (batch,), generator=gen).to(device)
+    if cuda:  # the device's own count of live tensor bytes: its peak less what is live before the model
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device) // 1024
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident memory (VmHWM) to the current one
+        before = rss_kb()
     torch.manual_seed(0)
-    model = build_model(model_name, classes, shape)
+    model = build_model(model_name, classes, shape).to(device)
     sgd = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     if variant == "fp32":
         opt, average = sgd, torch.optim.swa_utils.AveragedModel(model)
@@ -144,7 +150,7 @@ def child(model_name: str, variant: str, steps: int, threads: int, where: bool =
     packs_act = variant in ("paper-packed-act", "paper-packed")
     saved = swalp.nn.packed_activations if packs_act else contextlib.nullcontext
     params = list(model.parameters())
-    finder = PeakFinder(before) if where else None
+    finder = PeakFinder(before) if where and not cuda else None  # resident memory: the CPU's
     for step in range(steps):
         opt.zero_grad()
         with saved() as kept:
@@ -161,7 +167,7 @@ def child(model_name: str, variant: str, steps: int, threads: int, where: bool =
             state_bytes = tensor_bytes(state)
         opt.step()
         average.update_parameters(model)
-    peak = rss_kb("VmHWM")
+    peak = torch.cuda.max_memory_allocated(device) // 1024 if cuda else rss_kb("VmHWM")
     n = sum(p.numel() for p in params)
     return dict(model=model_name, variant=variant, params=n, steps=steps, threads=threads,
                 state_bytes_per_param=state_bytes / n,
@@ -170,7 +176,8 @@ def child(model_name: str, variant: str, steps: int, threads: int, where: bool =
                 # packed-act: what the saved Quantizer outputs of one step took packed, and would as they were
                 saved_packed_mb=kept.packed_bytes / 2**20 if kept else None,
                 saved_float_mb=kept.float_bytes / 2**20 if kept else None,
-                **(finder.report() if finder is not None else {}), machine=machine_info())
+                **(finder.report() if finder is not None else {}), device=device,
+                gpu=torch.cuda.get_device_name(device) if cuda else None, machine=machine_info())
 
 
 def main(argv=None) -> int:
@@ -179,16 +186,20 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--steps", type=int, default=3, help="training steps per variant (default 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads in the child (default 2)")
-    p.add_argument("--where", action="store_true", help="also find the autograd node where the last backward peaks")
+    p.add_argument("--where", action="store_true", help="also find the autograd node where the last backward peaks (CPU)")
+    p.add_argument("--device", default="cpu", help="cpu (default; peak resident memory) or cuda (torch.cuda.max_memory_allocated)")
     p.add_argument("--json", metavar="FILE", help="also write the records as JSON")
     p.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.steps < 2 or args.threads < 1:
         p.error("--steps must be >= 2 (the momentum exists from the first step on) and --threads >= 1")
     if args.child:
-        print(json.dumps(child(*args.child, args.steps, args.threads, args.where)))
+        print(json.dumps(child(*args.child, args.steps, args.threads, args.where, args.device)))
         return 0
-    if not os.path.exists("/proc/self/clear_refs"):
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("memory: --device cuda, but no CUDA device here; nothing measured (exit 77)")
+        return 77
+    if not args.device.startswith("cuda") and not os.path.exists("/proc/self/clear_refs"):
         print("memory: needs Linux's /proc (peak resident memory); nothing measured (exit 77)")
         return 77
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
@@ -197,7 +208,7 @@ def main(argv=None) -> int:
     for model in args.models:
         for variant in args.variants:
             cmd = [sys.executable, __file__, "--child", model, variant, "--steps", str(args.steps),
-                   "--threads", str(args.threads)] + (["--where"] if args.where else [])
+                   "--threads", str(args.threads), "--device", args.device] + (["--where"] if args.where else [])
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             rec = json.loads(done.stdout.strip().splitlines()[-1])
             records.append(rec)

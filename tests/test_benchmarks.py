@@ -80,6 +80,12 @@ def test_memory_benchmark_finds_the_node_where_the_backward_peaks(tmp_path):
     assert "the last backward peaks at" in out.stdout
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: run benchmarks/memory.py --device cuda itself")
+def test_memory_benchmark_on_cuda_without_a_gpu_says_so():
+    out = run("memory.py", "--models", "cnn1d", "--device", "cuda")
+    assert out.returncode == 77 and "no CUDA device here; nothing measured" in out.stdout
+
+
 def test_allreduce_benchmark_counts_the_bytes_of_each_hook(tmp_path):
     out = run("allreduce.py", "--worlds", "2", "--sizes", "5000", "--steps", "1", "--json", str(tmp_path / "a.json"))
     assert out.returncode == 0, out.stderr[-2000:]
