@@ -11,7 +11,8 @@
 //
 // torch's CPU add with alpha is one fused multiply-add (its vectorised kernel calls fmadd, and
 // its scalar tail is contracted likewise), so every "x + a * y" here is std::fma(y, a, x); the
-// build's -ffp-contract=off keeps everything else unfused, as torch's separate kernels are.
+// build's -ffp-contract=off keeps everything else unfused, as torch's separate kernels are (where a
+// torch build rounds twice, swalp/ops/cpu/__init__.py torch_add_is_fma says so and this is not used).
 // Scalars are cast to float as torch casts a Python number for a float32 tensor.
 // tests/test_packed_sgd.py checks this file against swalp/ops/sgd.py's reference.
 
@@ -63,10 +64,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sgd_packed(
   const float* gv = G.const_data_ptr<float>();
   float* mv = M.mutable_data_ptr<float>();
   at::parallel_for(0, W.numel(), 1 << 14, [&](int64_t b, int64_t e) { step(wv + b, gv + b, mv + b, e - b, h); });
-  const bool heavy = h.heavy;
   auto [wc, wx] = swalp::quantize_pack(W, wkind, wp, wf, rounding, keys[0], keys[1]);
   W.reset();
-  if (!heavy) return {wc, wx, wc.new_empty({0}), wx.new_empty({0})};  // no momentum kept
+  if (!h.heavy) return {wc, wx, wc.new_empty({0}), wx.new_empty({0})};  // no momentum kept
   auto [mc, mx] = swalp::quantize_pack(M, mkind, mp, mf, rounding, keys[2], keys[3]);
   return {wc, wx, mc, mx};
 }
