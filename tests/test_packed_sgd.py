@@ -187,7 +187,8 @@ def test_plain_sgd_steps_fused_with_the_chunked_steps_numbers(fused_calls, recip
 
 def test_what_the_wrapped_step_would_show_turns_the_fused_step_off(fused_calls):
     net, opt = build()
-    torch.optim.lr_scheduler.StepLR(opt.optimizer, 1)  # patches the SGD's own step: it must run
+    real = opt.optimizer.step
+    opt.optimizer.step = lambda *a, **k: real(*a, **k)  # a step of its own: it must run
     train(net, opt, 1)
     handle = register_optimizer_step_post_hook(lambda *a: None)
     try:
@@ -202,6 +203,22 @@ def test_what_the_wrapped_step_would_show_turns_the_fused_step_off(fused_calls):
     torch.optim.lr_scheduler.StepLR(opt, 1)  # on the wrapper: the fused step goes on
     train(net, opt, 1)
     assert len(fused_calls) == len(list(net.parameters()))
+
+
+@pytest.mark.parametrize("on_inner", [True, False])
+def test_an_lr_scheduler_on_either_optimizer_keeps_the_fused_step_and_sees_it(fused_calls, on_inner, recwarn):
+    (net, opt), (ref, ref_opt) = build(), build()
+    ref_opt.optimizer.register_step_pre_hook(lambda *a: None)  # the chunked step: the wrapped SGD steps
+    for o in (opt, ref_opt):
+        sched = torch.optim.lr_scheduler.StepLR(o.optimizer if on_inner else o, 1, gamma=0.5)
+        for _ in range(3):
+            train(*((net, o) if o is opt else (ref, o)), 1)
+            sched.step()
+    assert len(fused_calls) == 3 * len(list(net.parameters()))
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]  # it saw every optimizer step
+    assert opt.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"] == 0.05 * 0.5**3
+    with swalp.nn.unpacked(net), swalp.nn.unpacked(ref):
+        assert all(torch.equal(p, q) for p, q in zip(net.parameters(), ref.parameters()))
 
 
 def test_a_nan_step_leaves_float_numbers_as_the_simulated_step_does(fused_calls):

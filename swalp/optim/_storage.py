@@ -15,8 +15,9 @@ tensors: one call per parameter (:func:`swalp.ops.sgd.packed_sgd`, C++ on the CP
 its weights, gradient and momentum, takes torch's SGD step on them and rounds the results
 straight back into packed form; the float temporaries are one parameter's. It applies where
 nothing can tell the wrapped step was not called: no step hooks on the SGD or global ones,
-no LR scheduler built on the SGD itself (one on this wrapper is fine), no statistics being
-collected, a float ``lr``, weights that are the accumulator, float32 parameters.
+no ``step`` of the SGD's replaced (except by an LR scheduler built on it, whose only mark of a
+step, ``_opt_called``, is set here as its wrapper would), no statistics being collected, a
+float ``lr``, weights that are the accumulator, float32 parameters.
 
 Any other step goes a few parameters at a time (up to ``STEP_CHUNK`` elements, or one larger
 parameter): unpack their weights, gradients and state, run the wrapped torch optimizer on
@@ -155,6 +156,7 @@ class PackedStorage:
         chunk, size = [], 0
         for i, p in enumerate(params):
             if p in settings and self._step_fused(i, p, settings[p]):
+                self.optimizer._opt_called = True  # what an LR scheduler's wrapper of the SGD's step would record
                 continue
             if p in self.grads or p in floats:
                 chunk.append((i, p))
@@ -172,7 +174,9 @@ class PackedStorage:
         optimizer is a plain ``torch.optim.SGD`` whose ``step`` nothing could miss (module
         docstring)."""
         opt = self.optimizer
-        if (type(opt) is not torch.optim.SGD or self.stats is not None or "step" in vars(opt)
+        step = vars(opt).get("step")  # an instance attribute: the class's step replaced
+        if (type(opt) is not torch.optim.SGD or self.stats is not None
+                or step is not None and not getattr(step, "_wrapped_by_lr_sched", False)
                 or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
                 or _torch_optimizer._global_optimizer_pre_hooks or _torch_optimizer._global_optimizer_post_hooks):
             return {}
