@@ -153,10 +153,12 @@ class PackedStorage:
             if p.grad is not None:
                 floats[p], p.grad = p.grad, None
         settings = self._sgd_settings()
+        scheduled = "step" in vars(self.optimizer)  # an LR scheduler's wrapper (_sgd_settings allows no other)
         chunk, size = [], 0
         for i, p in enumerate(params):
             if p in settings and self._step_fused(i, p, settings[p]):
-                self.optimizer._opt_called = True  # what an LR scheduler's wrapper of the SGD's step would record
+                if scheduled:
+                    self.optimizer._opt_called = True  # what that wrapper records of a step, all it does besides
                 continue
             if p in self.grads or p in floats:
                 chunk.append((i, p))
