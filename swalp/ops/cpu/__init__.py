@@ -93,7 +93,8 @@ def torch_add_is_fma() -> bool:
     """Whether this torch's CPU ``add(alpha)`` is one fused multiply-add, in the vector body and the
     scalar tail, as csrc/sgd.cpp computes it (so on x86 with AVX2 or AVX-512, and on ARM; a build
     without FMA rounds twice, and the SGD step then takes the torch path)."""
-    x = torch.full((67,), -1.0).add(torch.full((67,), 10.0), alpha=0.1)  # 10 * 0.1f = 1 + 2^-26
+    ones = torch.ones(67, dtype=torch.float32, device="cpu")  # whatever the default dtype and device
+    x = (-ones).add(10 * ones, alpha=0.1)  # 10 * 0.1f = 1 + 2^-26
     return bool((x == 2.0**-26).all())
 
 
