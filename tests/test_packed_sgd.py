@@ -108,6 +108,18 @@ def test_the_kernel_steps_only_where_torch_fuses_its_multiply_adds(monkeypatch):
     assert cpu._sgd(*args) is None  # packed_sgd then takes the torch path, whatever torch does
 
 
+def test_the_probe_asks_float32_whatever_the_default_dtype():
+    import swalp.ops.cpu as cpu
+
+    cpu.torch_add_is_fma.cache_clear()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert cpu.torch_add_is_fma()  # in float64, 10 * 0.1 - 1 is 2^-54 + ..., never 2^-26
+    finally:
+        torch.set_default_dtype(torch.float32)
+        cpu.torch_add_is_fma.cache_clear()
+
+
 def test_torch_sgd_gives_the_same_hand_computed_numbers():
     w = torch.tensor([1.0, 1.0], requires_grad=True)
     w.grad = torch.tensor([10.0, 10.0])
