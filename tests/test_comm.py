@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import swalp
@@ -15,7 +14,7 @@ from swalp.distributed import BFPCommState, register_bfp_hook
 from swalp.distributed.bfp_hook import block_exponents, decode, encode, round_mean
 from swalp._rng import random_bits
 from swalp.formats import BlockFloat, PerAxis, PerGroup, Rounding
-from test_distributed import LOOPBACK, free_port
+from test_distributed import LOOPBACK, spawn_ranks
 
 # ----------------------------------------------------------------------------- the arithmetic
 
@@ -108,7 +107,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
 @pytest.fixture(scope="module", params=[2, 4], ids=["2 ranks", "4 ranks"])
 def world(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"ranks{request.param}")
-    mp.spawn(_worker, args=(request.param, free_port(), str(root)), nprocs=request.param, join=True)
+    spawn_ranks(_worker, request.param, root)
     return request.param, [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(request.param)]
 
 

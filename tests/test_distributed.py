@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -32,6 +33,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def spawn_ranks(worker, world: int, root, timeout: float = 300.0) -> None:
+    """``mp.spawn(worker, args=(world, port, root), nprocs=world)`` with a deadline. Each worker saves
+    ``root/rank{r}.pt`` and then tears its process group down; once in a 4-rank run on 2 cores
+    one rank, its file saved, never finished exiting (gloo's teardown), and ``join`` waited
+    forever. So: past the deadline, ranks still alive are stopped, and the run fails only if a
+    rank saved nothing."""
+    context = mp.spawn(worker, args=(world, free_port(), str(root)), nprocs=world, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            missing = [r for r in range(world) if not os.path.exists(f"{root}/rank{r}.pt")]
+            if missing:
+                pytest.fail(f"ranks {missing} of {world} saved nothing in {timeout:.0f} s")
+            return
 
 
 # ----------------------------------------------------------------------------- the two ranks
@@ -74,7 +94,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     root = tmp_path_factory.mktemp("two_ranks")
-    mp.spawn(_worker, args=(2, free_port(), str(root)), nprocs=2, join=True)
+    spawn_ranks(_worker, 2, root)
     return root, [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
@@ -244,3 +264,25 @@ def test_torchrun_command_line(tmp_path):
     assert {p.name for p in (tmp_path / "r").iterdir()} == {
         "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "sgd_budget.pt", "average.pt"}
     assert len(load_checkpoint(tmp_path / "r" / "checkpoint.pt")["rng_ranks"]) == 2
+
+
+def _saves_then_hangs(rank: int, world: int, port: int, root: str) -> None:
+    torch.save({"rank": rank}, f"{root}/rank{rank}.pt")
+    if rank == 1:
+        time.sleep(600)  # as a rank stuck in its teardown
+
+
+def _hangs_unsaved(rank: int, world: int, port: int, root: str) -> None:
+    if rank == 0:
+        torch.save({"rank": rank}, f"{root}/rank{rank}.pt")
+    else:
+        time.sleep(600)
+
+
+def test_spawned_ranks_have_a_deadline(tmp_path):
+    start = time.monotonic()
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    spawn_ranks(_saves_then_hangs, 2, tmp_path / "a", timeout=3)  # every rank saved: the straggler is stopped
+    with pytest.raises(pytest.fail.Exception, match=r"ranks \[1\] of 2 saved nothing in 3 s"):
+        spawn_ranks(_hangs_unsaved, 2, tmp_path / "b", timeout=3)
+    assert time.monotonic() - start < 60
