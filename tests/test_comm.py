@@ -97,6 +97,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         out[name] = grads
         if state is not None:
             out[name + "-state"] = (state.step, state.bytes_sent, state.float32_bytes)
+        del ddp, state  # its reducer holds the process group: gone before the group is destroyed
     local = _net()  # this rank's own gradient of step 0, for the bound
     local(torch.randn(32, 20, generator=torch.Generator().manual_seed(rank)) * (1 + rank)).square().mean().backward()
     out["local"] = [p.grad for p in local.parameters()]
