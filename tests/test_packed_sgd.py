@@ -48,16 +48,21 @@ def same(a, b):
 @pytest.mark.parametrize("shape", [(37,), (40, 33), (6, 3, 5, 5)])
 @pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
 def test_kernel_equals_the_reference_bit_for_bit(name, shape, rounding):
+    assert swalp.ops.cpu.load()  # else both sides would be the reference
     fmt = FORMATS[name]
     w, g, m = packs(shape, fmt, 1), packs(shape, fmt, 2, 0.1), packs(shape, fmt, 3, 0.1)
     for settings in SETTINGS:
         for buf in (None, m):  # the first step, and a later one
-            got = packed_sgd(w, g, buf, fmt, fmt, rounding, (5, 6), **settings)
+            got = packed_sgd(w, g, buf, fmt, fmt, rounding, (5, 6), backend="cpp", **settings)
             want = packed_sgd(w, g, buf, fmt, fmt, rounding, (5, 6), backend="reference", **settings)
+            full = {"weight_decay": 0.0, "momentum": 0.0, "dampening": 0.0, "nesterov": False, "maximize": False,
+                    **settings}
+            assert swalp.ops.cpu._sgd(w, g, buf, fmt, fmt, Rounding(rounding), (5, 6), full) is not None  # it applies
             assert same(got[0], want[0]) and same(got[1], want[1]), settings
 
 
 def test_kernel_with_different_formats_for_weights_gradient_and_momentum():
+    assert swalp.ops.cpu.load()
     wf, gf, mf = BlockFloat(8, block=PerAxis(0)), BlockFloat(8), FixedPoint(8, 7)
     w, g, m = packs((9, 20), wf, 1), packs((9, 20), gf, 2, 0.1), packs((9, 20), mf, 3, 0.1)
     got = packed_sgd(w, g, m, wf, mf, "stochastic", (5, 6), lr=0.1, momentum=0.9, weight_decay=1e-3)

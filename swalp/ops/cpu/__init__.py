@@ -107,7 +107,7 @@ def _sgd(w, g, m, fmt_w, fmt_m, rounding, seeds, hyper):
     if not all(kernel_unpacks(t.codes, torch.float32) and t.codes.is_cpu for t in inputs):
         return None
     args, tensors = [], []
-    for t in (w, g, m if m is not None else g):
+    for t in (w, g, m if m is not None else g):  # no momentum yet: g fills its place, unread
         exps, u = unpack_args(t.codes, t.exponents, t.fmt)
         tensors += [t.codes, exps]
         args += u
