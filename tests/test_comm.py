@@ -11,7 +11,7 @@ from torch import nn
 
 import swalp
 from swalp.distributed import BFPCommState, register_bfp_hook
-from swalp.distributed.bfp_hook import block_exponents, decode, encode, round_mean
+from swalp.distributed._bfp_math import block_exponents, decode, encode, round_mean
 from swalp._rng import random_bits
 from swalp.formats import BlockFloat, PerAxis, PerGroup, Rounding
 from test_distributed import LOOPBACK, spawn_ranks
@@ -143,27 +143,3 @@ def test_about_a_quarter_of_the_float32_bytes_are_sent(world):
     _, ranks = world
     steps, sent, float32 = ranks[0]["bfp-state"]
     assert steps == 2 and 0.25 * float32 < sent <= 0.3 * float32
-
-
-@pytest.mark.parametrize("world", [2, 3, 4, 7])
-def test_the_kernel_rounds_the_mean_as_the_integer_definition(world):
-    from swalp.distributed import bfp_hook
-
-    if not swalp.ops.cpu.load():
-        pytest.skip("needs the C++ kernels")
-    state = BFPCommState(seed=9)
-    blocks = [torch.zeros(300, 256), torch.zeros(100, 256), torch.zeros(500, 256)]  # three tensors' blocks
-    keys = [4, 0, 11]
-    g = torch.Generator().manual_seed(world)
-    n = 100_000  # enough elements that a float32 mean (2^-17 off near 127) would decide some differently
-    total = torch.randint(-127 * world, 127 * world + 1, (n,), generator=g, dtype=torch.int32)
-    for begin in (0, 50_000, 120_000):  # chunks that start inside the first, second and third tensor
-        fast = bfp_hook._mean_codes(total, world, blocks, keys, state, begin)
-        ref, at = torch.zeros(n, dtype=torch.int8), 0
-        for x, k in zip(blocks, keys):
-            lo, hi = max(begin, at), min(begin + n, at + x.numel())
-            if lo < hi:
-                bits = random_bits(hi - lo, bfp_hook.derive_seed(9, 0, k, bfp_hook._MEAN_KEY), start=lo - at)
-                ref[lo - begin:hi - begin] = round_mean(total[lo - begin:hi - begin], world, Rounding.STOCHASTIC, bits)
-            at += x.numel()
-        assert torch.equal(fast, ref)

@@ -46,7 +46,8 @@ except ImportError:  # not POSIX: builds are not serialised across processes the
     fcntl = None
 
 _CSRC = Path(__file__).with_name("csrc")
-SOURCES = [_CSRC / name for name in ("quantize.cpp", "pack.cpp", "unpack.cpp", "output.cpp", "ste.cpp", "stats.cpp", "mask.cpp", "sgd.cpp")]
+SOURCES = [_CSRC / name for name in ("quantize.cpp", "pack.cpp", "unpack.cpp", "output.cpp", "ste.cpp", "stats.cpp",
+                                     "mask.cpp", "sgd.cpp", "comm.cpp")]
 HEADERS = [_CSRC / "quant.h"]  # in the cache key too: a change to the kernels rebuilds
 _BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 

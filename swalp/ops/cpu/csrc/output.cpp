@@ -113,21 +113,21 @@ class HugePageAllocator final : public at::Allocator {
 
 }  // namespace
 
-at::Tensor empty_output(const at::Tensor& x) {
-  return at::detail::empty_generic(x.sizes(), &HugePageAllocator::get(), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   x.scalar_type(), at::MemoryFormat::Contiguous);
+at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype) {
+  return at::detail::empty_generic(sizes, &HugePageAllocator::get(), c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
+                                   at::MemoryFormat::Contiguous);
 }
 
 std::vector<int64_t> output_pool(int64_t cap) { return HugePageAllocator::get().set_pool(cap); }
 #else
 }  // namespace
 
-at::Tensor empty_output(const at::Tensor& x) {
-  return at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-}
+at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype) { return at::empty(sizes, at::dtype(dtype)); }
 
 std::vector<int64_t> output_pool(int64_t cap) { return {0, 0}; }  // no pool here
 #endif
+
+at::Tensor empty_output(const at::Tensor& x) { return empty_output(x.sizes(), x.scalar_type()); }
 
 }  // namespace swalp
 

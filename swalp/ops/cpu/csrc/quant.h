@@ -42,6 +42,7 @@
 
 namespace swalp {
 at::Tensor empty_output(const at::Tensor& x);  // output.cpp: contiguous, huge pages, reused
+at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype);
 uint64_t splitmix64(uint64_t z);               // quantize.cpp: swalp/_rng.py splitmix64
 // pack.cpp and unpack.cpp: the swalp::quantize_pack and swalp::unpack ops, for sgd.cpp.
 std::tuple<at::Tensor, at::Tensor> quantize_pack(const at::Tensor& x, int64_t kind, at::IntArrayRef p,
