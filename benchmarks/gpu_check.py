@@ -9,7 +9,11 @@
    shapes included) against the float64 product of the same grid values.
 3a. The packed SGD step (``swalp.ops.sgd.packed_sgd``, what ``storage="packed"`` steps with) on
    the GPU against the CPU's C++ kernel, codes and exponents bit for bit.
-3b. Rounding statistics (``swalp inspect``, ``--stats-every``): ``swalp.ops.stats.rounding_sums``
+3b. The BFP all-reduce (``swalp.distributed``): its four local steps on the GPU (the PyTorch
+   definitions) against the CPU's C++ kernels, bit for bit; then a DDP model on the GPU under
+   NCCL (one rank: NCCL takes one GPU per rank) with the hook, against the same model on the
+   CPU under gloo, gradients bit for bit.
+3c. Rounding statistics (``swalp inspect``, ``--stats-every``): ``swalp.ops.stats.rounding_sums``
    on the GPU (the torch path) against the CPU's C++ kernel, counts exactly, sums to 1e-5.
 4. A VGG-16 training step at CIFAR size (batch 128, SGD momentum 0.9, wd 5e-4) for fp32, the
    simulated paper recipe, packed storage, and int8 products (paper and paper-big-block),
@@ -155,6 +159,70 @@ def check_sgd(device) -> int:
     return failures
 
 
+def check_comm(device) -> int:
+    """The BFP all-reduce's local steps on the device against the C++ kernels, then one DDP
+    backward with the hook under NCCL on the device against gloo on the CPU."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+    from swalp.distributed import _bfp_math as bm
+
+    failures = cases = 0
+    g = torch.Generator().manual_seed(8)
+    grads = [torch.randn(n, generator=g) * 10.0 ** torch.randint(-5, 5, (n,), generator=g) for n in (1000, 77, 4096)]
+    grads[1][3] = float("nan")
+    grads.append(torch.tensor([1.5 * 2.0**127, -1.0, 2.0**-140]))
+    sizes, wl = [256, 32, 4096, 3], 8
+    on = [t.to(device) for t in grads]
+    kernels = device.type != "cpu"  # on the CPU (the script's own check): definitions against kernels
+    for rounding in (swalp.Rounding.STOCHASTIC, swalp.Rounding.NEAREST):
+        e = bm.exponents(grads, sizes)
+        length = sum(bm.blocks_of(t.numel(), s) * s for t, s in zip(grads, sizes)) + 9
+        codes = bm.codes(grads, sizes, e, wl, rounding, [3, 4, 5, 6], length)
+        received = torch.cat([codes, torch.randint(-128, 128, (2 * length,), generator=g, dtype=torch.int8)])
+        segments = [(length // 2, 7, 100), (length - length // 2 - 5, 8, 0)]
+        starts = [0, 1000, 1077, 5173]
+        want = [e, codes, bm.mean(received, 3, segments, rounding),
+                bm.decode_into(torch.zeros(5176), codes, e, [t.numel() for t in grads], sizes, starts, wl)]
+        got = [bm.exponents(on, sizes, kernels=kernels),
+               bm.codes(on, sizes, e.to(device), wl, rounding, [3, 4, 5, 6], length, kernels=kernels),
+               bm.mean(received.to(device), 3, segments, rounding, kernels=kernels),
+               bm.decode_into(torch.zeros(5176, device=device), codes.to(device), e.to(device),
+                              [t.numel() for t in grads], sizes, starts, wl, kernels=kernels)]
+        for name, a, b in zip(("exponents", "codes", "mean", "decode"), got, want):
+            cases += 1
+            a = a.cpu()
+            if not (torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())):
+                failures += 1
+                print(f"MISMATCH BFP all-reduce {name} ({rounding})")
+    # One DDP backward with the hook: NCCL on the device, gloo on the CPU (one rank each).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    try:
+        results = []
+        for dev, group in ((device, None), (torch.device("cpu"), dist.new_group([0], backend="gloo"))):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(64, 300), torch.nn.ReLU(), torch.nn.Linear(300, 10)).to(dev)
+            ddp = torch.nn.parallel.DistributedDataParallel(model, process_group=group, bucket_cap_mb=0.05)
+            state = swalp.distributed.register_bfp_hook(ddp, seed=1, process_group=group)
+            x = torch.randn(32, 64, generator=torch.Generator().manual_seed(1)).to(dev)
+            ddp(x).square().mean().backward()
+            results.append([p.grad.cpu() for p in model.parameters()] + [state.bytes_sent])
+            del ddp, state
+        cases += 1
+        if not all(torch.equal(a, b) if torch.is_tensor(a) else a == b for a, b in zip(*results)):
+            failures += 1
+            print(f"MISMATCH BFP all-reduce hook: {dist.get_backend()} on {device} against gloo on the CPU")
+    finally:
+        dist.destroy_process_group()
+    print(f"BFP all-reduce: {cases} cases, {failures} mismatches")
+    return failures
+
+
 def make_step(recipe, storage, compute, device, compile):
     torch.manual_seed(0)
     model = build_model("vgg16", 10, (3, 32, 32)).to(device)
@@ -247,6 +315,7 @@ def main(argv=None) -> int:
     failures += check_int8(device)
     failures += check_stats(device)
     failures += check_sgd(device)
+    failures += check_comm(device)
     result["steps"] = time_steps(args, device)
     result["failures"] = failures
     with open(args.json, "w") as f:
