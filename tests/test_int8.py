@@ -28,11 +28,15 @@ def _exact(a, b):
 # --- grid_codes ---------------------------------------------------------------------------
 
 
-def test_grid_codes_by_hand():
-    g = grid_codes(torch.tensor([[0.5, -0.25, 0.0], [-1.0, 0.5, 2**-7], [0.0, 0.0, 0.0]]), 1)
+KERNELS = pytest.mark.parametrize("kernels", [True, False], ids=["cpp", "torch"])
+
+
+@KERNELS
+def test_grid_codes_by_hand(kernels):
+    g = grid_codes(torch.tensor([[0.5, -0.25, 0.0], [-1.0, 0.5, 2**-7], [0.0, 0.0, 0.0]]), 1, kernels=kernels)
     assert g.codes.tolist() == [[64, -32, 0], [-128, 64, 1], [0, 0, 0]]
     assert g.scale.flatten().tolist() == [2**-7, 2**-7, 1.0]
-    g = grid_codes(torch.tensor([[3.0, 1.0], [96.0, -128.0]]), 0)  # per column
+    g = grid_codes(torch.tensor([[3.0, 1.0], [96.0, -128.0]]), 0, kernels=kernels)  # per column
     assert g.codes.tolist() == [[3, 1], [96, -128]] and g.scale.tolist() == [[1.0, 1.0]]
 
 
@@ -44,13 +48,16 @@ def test_grid_codes_by_hand():
     [[2.0**-149, 2.0**-120]],     # the scale 2^-127 is fine, but 2^-149 needs code 2^-22
     [[200.0, 1.0]],               # 200 = 25 * 8: the code 1/8 of 1.0 is not an integer
 ])  # fmt: skip
-def test_grid_codes_refuses(x):
-    assert grid_codes(torch.tensor(x), 1) is None
+@KERNELS
+def test_grid_codes_refuses(x, kernels):
+    assert grid_codes(torch.tensor(x), 1, kernels=kernels) is None
+    assert grid_codes(torch.tensor(x).t().contiguous(), 0, kernels=kernels) is None
 
 
-def test_grid_codes_tiny_and_huge_scales():
+@KERNELS
+def test_grid_codes_tiny_and_huge_scales(kernels):
     x = torch.tensor([[2.0**-149 * 3], [2.0**120 * -77]])  # subnormal codes 3 at scale 2^-149; 2^120
-    g = grid_codes(x, 1)
+    g = grid_codes(x, 1, kernels=kernels)
     assert g.codes.flatten().tolist() == [3, -77]
     assert torch.equal(g.codes.float() * g.scale, x)
 
@@ -61,6 +68,44 @@ def test_grid_codes_round_trips_random_grids():
         x = _grid((7, 33), (7, 1), gen, lo=-140, hi=100)
         g = grid_codes(x, 1)
         assert g is not None and torch.equal(g.codes.float() * g.scale, x)
+
+
+@pytest.mark.skipif(not swalp.ops.cpu.load(), reason="needs the C++ kernels")
+@pytest.mark.parametrize("dim", [1, 0])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 70), (64, 3), (300, 1000)])
+def test_the_grid_kernel_is_the_definition(dim, shape):
+    """swalp/ops/cpu/csrc/grid.cpp against the torch steps: the same answer, codes and scales."""
+    gen = torch.Generator().manual_seed(shape[0] * 7 + dim)
+    scale_shape = (shape[0], 1) if dim == 1 else (1, shape[1])
+    tried = refused = 0
+    for case in range(12):
+        x = _grid(shape, scale_shape, gen, lo=-150, hi=110)
+        if case == 1:  # a slice whose top is -2^e alone: the code -128
+            x = -x.abs()
+        elif case == 2:
+            x = x.abs()  # +2^e at the top needs code 128 where -2^e alone would not
+        elif case == 3:
+            x.view(-1)[torch.randint(0, x.numel(), (1,), generator=gen)] *= 1.0 + 2.0**-20  # off the grid
+        elif case == 4:
+            x.view(-1)[-1] = float("nan")
+        elif case == 5:
+            x.view(-1)[0] = -float("inf")
+        elif case == 6:
+            x = torch.zeros(shape)
+        elif case == 7:
+            x = x * 2.0**-40  # deep subnormals: scales clamp at 2^-149
+        elif case >= 8:  # exact powers of two at the top of some slices
+            x = torch.where(torch.rand(shape, generator=gen) < 0.05, 2.0 ** torch.randint(-10, 10, shape, generator=gen)
+                            * torch.sign(torch.randn(shape, generator=gen)), torch.zeros(shape))
+        fast, ref = grid_codes(x, dim), grid_codes(x, dim, kernels=False)
+        tried += 1
+        assert (fast is None) == (ref is None), case
+        if ref is None:
+            refused += 1
+            continue
+        assert torch.equal(fast.codes, ref.codes) and torch.equal(fast.scale, ref.scale), case
+        assert fast.codes.dtype == torch.int8 and fast.scale.shape == ref.scale.shape
+    assert 0 < refused < tried
 
 
 # --- int8_mm ------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from . import cpu
+
 __all__ = ["MAX_K", "GridCodes", "codes_mm", "exact_mm", "grid_codes", "int8_mm", "int_mm"]
 
 # |code| <= 128 on both sides, so an int32 sum of K products holds up to K < 2^31 / 2^14.
@@ -55,7 +57,7 @@ class GridCodes(NamedTuple):
     scale: Tensor
 
 
-def grid_codes(x: Tensor, dim: int) -> GridCodes | None:
+def grid_codes(x: Tensor, dim: int, kernels: bool = True) -> GridCodes | None:
     """``x`` as 8-bit codes with one power-of-two scale per slice along ``dim``, or None.
 
     Args:
@@ -67,10 +69,17 @@ def grid_codes(x: Tensor, dim: int) -> GridCodes | None:
         :class:`GridCodes` with ``codes * scale == x`` exactly, or None when ``x`` has NaN
         or inf, or a slice is not on an 8-bit power-of-two grid (module docstring).
 
+    On the CPU one C++ call (``swalp/ops/cpu/csrc/grid.cpp``, the same arithmetic) reads ``x``
+    once per slice where these steps take about eight passes; ``kernels=False`` asks for
+    the steps below.
+
     Caveat: one host synchronisation (the check's answer decides what runs next).
     """
     if x.dtype != torch.float32 or x.dim() != 2:
         return None
+    if kernels and x.is_cpu and cpu.load():
+        codes, scale = torch.ops.swalp_cpu.grid_codes(x, dim)
+        return GridCodes(codes, scale) if codes.numel() == x.numel() else None
     m = x.abs().amax(dim, keepdim=True)
     # The smallest k with every code in [-128, 127] at scale 2^k: m = mant 2^e, mant in [0.5, 1),
     # so k = e - 7 gives |code| < 128; one less when m = 2^(e-1) is reached only by negative

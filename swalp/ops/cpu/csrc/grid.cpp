@@ -1,0 +1,125 @@
+// swalp_cpu::grid_codes: swalp/ops/intmm.py grid_codes in one pass per slice, bit for bit.
+//
+// For each slice of a 2-D float32 x along `dim` (rows for dim 1, columns for dim 0): m = max |x|,
+// k = e - 7 for m = mant 2^e (mant in [0.5, 1)), one less when m is a power of two reached only
+// by negative elements (the code -128), 0 for an all-zero slice; scale = 2^max(k, -149);
+// codes = round(x / scale) (half to even). x qualifies when it is finite, every code is at most
+// 127 and codes * scale == x exactly. The divisions and products are the ones torch does in
+// the Python definition, so the answer and the codes are the same; tests/test_int8.py checks it.
+//
+// Returns (codes int8 of x's shape, scale float32 of x's shape with 1 along dim), or two empty
+// tensors where x does not qualify.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+// Maxima as integers (which vectorise without -ffast-math): |x|'s bits, NaN and inf above
+// 0x7f7fffff; and x's bits as a signed int, positive exactly for positive x, so that the
+// largest positive element (if any) has the largest.
+struct Slice {
+  int32_t abs = 0, top = INT32_MIN;
+  bool bad() const { return abs >= 0x7f800000; }
+};
+
+inline int32_t bits(float v) {
+  int32_t i;
+  std::memcpy(&i, &v, sizeof i);
+  return i;
+}
+
+inline void add(Slice& s, const float* x, int64_t n) {
+  int32_t a = s.abs, t = s.top;
+  for (int64_t j = 0; j < n; ++j) {
+    const int32_t b = bits(x[j]);
+    a = std::max(a, b & 0x7fffffff);
+    t = std::max(t, b);
+  }
+  s.abs = a, s.top = t;
+}
+
+float scale_of(const Slice& s) {
+  if (s.abs == 0) return 1.0f;
+  float m;
+  std::memcpy(&m, &s.abs, sizeof m);
+  int e;
+  const float mant = std::frexp(m, &e);
+  const int k = e - 7 - ((mant == 0.5f && s.top < s.abs) ? 1 : 0);  // +m itself is absent
+  return std::ldexp(1.0f, std::max(k, -149));
+}
+
+// Codes of n elements, each with its scale (one, or one per element of a row): false when one
+// is off the grid.
+template <bool PER_ELEMENT>
+bool encode(const float* __restrict x, int8_t* __restrict c, const float* __restrict scale, int64_t n) {
+  int32_t bad = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float s = PER_ELEMENT ? scale[j] : scale[0];
+    const float q = std::nearbyint(x[j] / s);
+    bad |= (q > 127.0f) | (q * s != x[j]);
+    c[j] = static_cast<int8_t>(static_cast<int32_t>(std::max(std::min(q, 127.0f), -128.0f)));
+  }
+  return bad == 0;
+}
+
+std::tuple<at::Tensor, at::Tensor> grid_codes(const at::Tensor& input, int64_t dim) {
+  TORCH_CHECK(input.dtype() == at::kFloat && input.dim() == 2 && (dim == 0 || dim == 1) && input.device().is_cpu(),
+              "swalp_cpu::grid_codes: a 2-D float32 CPU tensor and dim 0 or 1");
+  const at::Tensor x = input.contiguous();
+  const int64_t rows = x.size(0), cols = x.size(1);
+  at::Tensor codes = at::empty({rows, cols}, at::kChar);
+  at::Tensor scale = dim == 1 ? at::empty({rows, 1}, at::kFloat) : at::empty({1, cols}, at::kFloat);
+  const float* xp = x.const_data_ptr<float>();
+  int8_t* cp = codes.data_ptr<int8_t>();
+  float* sp = scale.data_ptr<float>();
+  std::atomic<bool> ok{true};
+  if (dim == 1) {  // a scale per row: each row is read for its maximum, then encoded while in cache
+    at::parallel_for(0, rows, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
+      bool good = true;
+      for (int64_t r = b; r < e && good; ++r) {
+        Slice s;
+        const float* row = xp + r * cols;
+        add(s, row, cols);
+        sp[r] = scale_of(s);
+        good = !s.bad() && encode<false>(row, cp + r * cols, sp + r, cols);
+      }
+      if (!good) ok = false;
+    });
+  } else {  // a scale per column: column maxima across each row, then each row encoded
+    std::vector<int32_t> abs(cols, 0), top(cols, INT32_MIN);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = xp + r * cols;
+      for (int64_t j = 0; j < cols; ++j) {
+        const int32_t b = bits(row[j]);
+        abs[j] = std::max(abs[j], b & 0x7fffffff);
+        top[j] = std::max(top[j], b);
+      }
+    }
+    for (int64_t j = 0; j < cols; ++j) {
+      const Slice s{abs[j], top[j]};
+      if (s.bad()) return {at::empty({0}, at::kChar), at::empty({0}, at::kFloat)};
+      sp[j] = scale_of(s);
+    }
+    at::parallel_for(0, rows, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
+      bool good = true;
+      for (int64_t r = b; r < e && good; ++r) good = encode<true>(xp + r * cols, cp + r * cols, sp, cols);
+      if (!good) ok = false;
+    });
+  }
+  if (!ok) return {at::empty({0}, at::kChar), at::empty({0}, at::kFloat)};
+  return {codes, scale};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(swalp_cpu, m) { m.def("grid_codes(Tensor x, int dim) -> (Tensor, Tensor)", &grid_codes); }
