@@ -74,7 +74,7 @@ def test_grid_codes_round_trips_random_grids():
 @pytest.mark.parametrize("dim", [1, 0])
 @pytest.mark.parametrize("shape", [(1, 1), (5, 70), (64, 3), (300, 1000)])
 def test_the_grid_kernel_is_the_definition(dim, shape):
-    """swalp/ops/cpu/csrc/grid.cpp against the torch steps: the same answer, codes and scales."""
+    """swalp/ops/cpu/csrc/int8.cpp against the torch steps: the same answer, codes and scales."""
     gen = torch.Generator().manual_seed(shape[0] * 7 + dim)
     scale_shape = (shape[0], 1) if dim == 1 else (1, shape[1])
     tried = refused = 0
@@ -204,15 +204,29 @@ def test_linear_off_grid_falls_back_to_the_float_product():
     assert {p: c["float"] for p, c in compute_paths(lin)[""].items()} == {"forward": 1, "input_grad": 1, "weight_grad": 1}
 
 
-def test_im2col_is_unfold():
+@KERNELS
+def test_im2col_is_unfold(kernels):
     gen = torch.Generator().manual_seed(5)
     x = torch.randint(-128, 128, (2, 3, 7, 9), generator=gen, dtype=torch.int8)
-    for kernel, stride, padding, dilation in [((3, 3), (1, 1), (1, 1), (1, 1)), ((2, 3), (2, 1), (0, 2), (2, 1))]:
-        cols, (ho, wo) = im2col(x, kernel, stride, padding, dilation)
+    for kernel, stride, padding, dilation in [((3, 3), (1, 1), (1, 1), (1, 1)), ((2, 3), (2, 1), (0, 2), (2, 1)),
+                                              ((1, 5), (1, 3), (0, 2), (1, 1)), ((3, 2), (3, 2), (2, 0), (1, 3))]:
+        cols, (ho, wo) = im2col(x, kernel, stride, padding, dilation, kernels=kernels)
         ref = F.unfold(x.float(), kernel, dilation, padding, stride)  # (N, C kh kw, L)
         ref = ref.view(2, 3, kernel[0] * kernel[1], -1).permute(0, 3, 2, 1).reshape(cols.shape)  # rows (n, l), cols (k, c)
         assert torch.equal(cols.float(), ref)
         assert 2 * ho * wo == ref.shape[0]
+
+
+@pytest.mark.skipif(not swalp.ops.cpu.load(), reason="needs the C++ kernels")
+def test_the_im2col_kernel_is_the_copies():
+    x = torch.randint(-128, 128, (5, 64, 17, 16), generator=torch.Generator().manual_seed(2), dtype=torch.int8)
+    for geometry in [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)), ((5, 1), (1, 1), (3, 0), (2, 1)),
+                     ((3, 3), (1, 2), (2, 2), (2, 2))]:
+        fast, shape = im2col(x, *geometry)
+        ref, ref_shape = im2col(x, *geometry, kernels=False)
+        assert torch.equal(fast, ref) and shape == ref_shape
+    with pytest.raises(RuntimeError, match="bad geometry"):
+        torch.ops.swalp_cpu.im2col(x, [3, 3], [0, 1], [0, 0], [1, 1])
 
 
 @pytest.mark.parametrize("conv,shape,per_row", [  # per_row: per-channel weights, per-sample inputs

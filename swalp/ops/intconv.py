@@ -37,18 +37,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import cpu
 from .intmm import GridCodes, codes_mm, grid_codes
 
 __all__ = ["codes_4d", "im2col"]
 
 
-def im2col(codes: Tensor, kernel, stride, padding, dilation) -> tuple[Tensor, tuple[int, int]]:
+def im2col(codes: Tensor, kernel, stride, padding, dilation, kernels: bool = True) -> tuple[Tensor, tuple[int, int]]:
     """(N, C, H, W) -> ((N * Ho * Wo, kh * kw * C) patches, (Ho, Wo)): one row per output
     position, columns in (kh, kw, C) order (that of ``weight.permute(0, 2, 3, 1)``), any dtype
     (int8 here, which F.unfold does not take). Built from kh * kw strided copies of channel
-    runs: four times faster here than gathering single bytes in F.unfold's (C, kh, kw) order."""
+    runs: four times faster here than gathering single bytes in F.unfold's (C, kh, kw) order.
+    Int8 on the CPU: one C++ call (``swalp/ops/cpu/csrc/int8.cpp``) that copies each row's
+    contiguous channel runs, the same bytes (``kernels=False`` asks for the copies here)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     n, c, h, w = codes.shape
+    if kernels and codes.dtype == torch.int8 and codes.is_cpu and cpu.load():
+        cols = torch.ops.swalp_cpu.im2col(codes, list(kernel), list(stride), list(padding), list(dilation))
+        return cols, ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
     x = F.pad(codes, (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # (N, H, W, C) view
     ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1

@@ -69,7 +69,7 @@ def grid_codes(x: Tensor, dim: int, kernels: bool = True) -> GridCodes | None:
         :class:`GridCodes` with ``codes * scale == x`` exactly, or None when ``x`` has NaN
         or inf, or a slice is not on an 8-bit power-of-two grid (module docstring).
 
-    On the CPU one C++ call (``swalp/ops/cpu/csrc/grid.cpp``, the same arithmetic) reads ``x``
+    On the CPU one C++ call (``swalp/ops/cpu/csrc/int8.cpp``, the same arithmetic) reads ``x``
     once per slice where these steps take about eight passes; ``kernels=False`` asks for
     the steps below.
 

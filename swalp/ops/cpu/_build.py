@@ -47,7 +47,7 @@ except ImportError:  # not POSIX: builds are not serialised across processes the
 
 _CSRC = Path(__file__).with_name("csrc")
 SOURCES = [_CSRC / name for name in ("quantize.cpp", "pack.cpp", "unpack.cpp", "output.cpp", "ste.cpp", "stats.cpp",
-                                     "mask.cpp", "sgd.cpp", "comm.cpp", "grid.cpp")]
+                                     "mask.cpp", "sgd.cpp", "comm.cpp", "int8.cpp")]
 HEADERS = [_CSRC / "quant.h"]  # in the cache key too: a change to the kernels rebuilds
 _BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 

@@ -1,4 +1,7 @@
-// swalp_cpu::grid_codes: swalp/ops/intmm.py grid_codes in one pass per slice, bit for bit.
+// The CPU kernels of the int8 products (swalp/ops/intmm.py, swalp/ops/intconv.py): grid_codes
+// and im2col, each the Python function of the same name in one pass, with the same results.
+//
+// swalp_cpu::grid_codes: swalp/ops/intmm.py grid_codes, bit for bit.
 //
 // For each slice of a 2-D float32 x along `dim` (rows for dim 1, columns for dim 0): m = max |x|,
 // k = e - 7 for m = mant 2^e (mant in [0.5, 1)), one less when m is a power of two reached only
@@ -120,6 +123,47 @@ std::tuple<at::Tensor, at::Tensor> grid_codes(const at::Tensor& input, int64_t d
   return {codes, scale};
 }
 
+// swalp_cpu::im2col: swalp/ops/intconv.py im2col for int8 codes (N, C, H, W): rows (n, ho, wo),
+// columns (i, j, c). The input is first laid out as zero-padded (N, H + 2 ph, W + 2 pw, C), so that
+// each of a row's kh * kw pieces is one contiguous run of C bytes (the Python version copies
+// kh * kw strided views instead: several times slower here).
+at::Tensor im2col(const at::Tensor& codes, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                  at::IntArrayRef dilation) {
+  TORCH_CHECK(codes.dtype() == at::kChar && codes.dim() == 4 && codes.device().is_cpu() && kernel.size() == 2 &&
+                  stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "swalp_cpu::im2col: int8 (N, C, H, W) codes and pairs of geometry");
+  const int64_t n = codes.size(0), c = codes.size(1), h = codes.size(2), w = codes.size(3);
+  const int64_t kh = kernel[0], kw = kernel[1], sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1],
+                dh = dilation[0], dw = dilation[1];
+  const int64_t hp = h + 2 * ph, wp = w + 2 * pw;
+  TORCH_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && dh >= 1 && dw >= 1 &&
+                  hp >= dh * (kh - 1) + 1 && wp >= dw * (kw - 1) + 1,
+              "swalp_cpu::im2col: bad geometry");
+  const int64_t ho = (hp - dh * (kh - 1) - 1) / sh + 1, wo = (wp - dw * (kw - 1) - 1) / sw + 1;
+  at::Tensor padded = at::zeros({n, hp, wp, c}, at::kChar);
+  padded.slice(1, ph, ph + h).slice(2, pw, pw + w).copy_(codes.permute({0, 2, 3, 1}));
+  at::Tensor out = at::empty({n * ho * wo, kh * kw * c}, at::kChar);
+  const int8_t* x = padded.const_data_ptr<int8_t>();
+  int8_t* o = out.data_ptr<int8_t>();
+  const int64_t row = kh * kw * c;
+  at::parallel_for(0, n * ho, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(wo * row, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t img = t / ho, y = t % ho;
+      for (int64_t xo = 0; xo < wo; ++xo) {
+        int8_t* dst = o + (t * wo + xo) * row;
+        for (int64_t i = 0; i < kh; ++i) {
+          const int8_t* src = x + ((img * hp + y * sh + i * dh) * wp + xo * sw) * c;
+          for (int64_t j = 0; j < kw; ++j, dst += c) std::memcpy(dst, src + j * dw * c, c);
+        }
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(swalp_cpu, m) { m.def("grid_codes(Tensor x, int dim) -> (Tensor, Tensor)", &grid_codes); }
+TORCH_LIBRARY_FRAGMENT(swalp_cpu, m) {
+  m.def("grid_codes(Tensor x, int dim) -> (Tensor, Tensor)", &grid_codes);
+  m.def("im2col(Tensor codes, int[] kernel, int[] stride, int[] padding, int[] dilation) -> Tensor", &im2col);
+}
