@@ -10,7 +10,7 @@ from torch import nn
 import swalp
 from swalp.nn import compute_paths, quantize_model
 from swalp.nn.int8 import Int8Conv1d, Int8Conv2d, Int8Linear, use_int8
-from swalp.ops.intconv import im2col
+from swalp.ops.intconv import channel_codes, im2col
 from swalp.ops.intmm import MAX_K, grid_codes, int8_mm, int_mm
 
 
@@ -215,6 +215,32 @@ def test_im2col_is_unfold(kernels):
         ref = ref.view(2, 3, kernel[0] * kernel[1], -1).permute(0, 3, 2, 1).reshape(cols.shape)  # rows (n, l), cols (k, c)
         assert torch.equal(cols.float(), ref)
         assert 2 * ho * wo == ref.shape[0]
+
+
+@pytest.mark.skipif(not swalp.ops.cpu.load(), reason="needs the C++ kernels")
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (1, 7, 9), (4, 64, 8, 8), (2, 1, 1, 1)])
+def test_the_channel_kernel_is_the_transposed_rows(shape):
+    gen = torch.Generator().manual_seed(len(shape))
+    n, c = shape[:2]
+    scale = torch.ldexp(torch.ones(1, c, *[1] * (len(shape) - 2)), torch.randint(-140, 100, (1, c, *[1] * (len(shape) - 2)), generator=gen))
+    grid = torch.randint(-128, 128, shape, generator=gen).float() * scale  # one scale per channel
+    refused = 0
+    for case in range(4):  # on the grid; a NaN; negative tops; slightly off the grid
+        x = grid
+        if case == 1:
+            x = grid.clone()
+            x[-1, -1].view(-1)[0] = float("nan")  # in the last channel
+        elif case == 2:
+            x = -grid.abs()  # the code -128 wherever a channel's top is a power of two
+        elif case == 3:
+            x = grid * (1.0 + 2.0**-20)  # off the grid wherever a code is not a power of two
+        fast, ref = channel_codes(x), channel_codes(x, kernels=False)
+        assert (fast is None) == (ref is None)
+        refused += ref is None
+        if ref is not None:
+            assert torch.equal(fast.codes, ref.codes) and torch.equal(fast.scale, ref.scale)
+            assert fast.codes.shape == (c, x.numel() // c)
+    assert refused >= 1  # the NaN at least
 
 
 @pytest.mark.skipif(not swalp.ops.cpu.load(), reason="needs the C++ kernels")

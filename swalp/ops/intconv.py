@@ -40,7 +40,7 @@ from torch import Tensor
 from . import cpu
 from .intmm import GridCodes, codes_mm, grid_codes
 
-__all__ = ["codes_4d", "im2col"]
+__all__ = ["channel_codes", "codes_4d", "im2col"]
 
 
 def im2col(codes: Tensor, kernel, stride, padding, dilation, kernels: bool = True) -> tuple[Tensor, tuple[int, int]]:
@@ -75,6 +75,16 @@ def codes_4d(x: Tensor, per: str) -> GridCodes | None:
     scale (N, 1)) or one in all (``per="tensor"``, scale (1, 1)); None off the grid."""
     g = grid_codes(x.reshape(x.shape[0] if per == "sample" else 1, -1), 1)
     return None if g is None else GridCodes(g.codes.view(x.shape), g.scale)
+
+
+def channel_codes(x: Tensor, kernels: bool = True) -> GridCodes | None:
+    """``x`` (N, C, ...) as the rows of ``x^T`` (C, N * ...): int8 codes with one scale per
+    channel, or None off the grid (a convolution's output gradient as its weight gradient's
+    left factor). On the CPU one C++ call reads ``x`` in place, without the transposed copy."""
+    if kernels and x.dtype == torch.float32 and x.is_cpu and cpu.load():
+        codes, scale = torch.ops.swalp_cpu.channel_codes(x)
+        return GridCodes(codes, scale) if codes.numel() == x.numel() else None
+    return grid_codes(x.transpose(0, 1).reshape(x.shape[1], -1), 1, kernels=kernels)
 
 
 def _flag(took: bool) -> Tensor:
@@ -125,10 +135,8 @@ def int8_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: Sequence
     a = cx = None
     if mask[1]:
         x4, w4, stride4, padding4, dilation4 = _as_2d(x, weight, stride, padding, dilation)
-        g4 = grad if grad.dim() == 4 else grad.unsqueeze(2)
-        out_ch = weight.shape[0]
         # dY^T: one row per output channel, its columns in the (n, ho, wo) order of im2col's rows.
-        a = grid_codes(g4.transpose(0, 1).reshape(out_ch, -1), 1)
+        a = channel_codes(grad)
         cx = codes_4d(x4, "tensor") if a is not None else None
     took = cx is not None
     # Off the grid: one call with torch's mask, as nn.Conv's backward. With the int8 weight

@@ -75,6 +75,40 @@ bool encode(const float* __restrict x, int8_t* __restrict c, const float* __rest
   return bad == 0;
 }
 
+// A scale per row of the (rows, N * L) matrix that x (N, rows, L) is when its first two axes are
+// swapped (N = 1: x's own rows): a convolution's output gradient dY (N, C, H, W) as the rows
+// of dY^T, with no transposed copy. Each row's N runs are read for the maximum, then encoded.
+bool row_codes(const float* xp, int8_t* cp, float* sp, int64_t n, int64_t rows, int64_t len) {
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, rows, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(n * len, 1)), [&](int64_t b, int64_t e) {
+    bool good = true;
+    for (int64_t r = b; r < e && good; ++r) {
+      Slice s;
+      for (int64_t i = 0; i < n; ++i) add(s, xp + (i * rows + r) * len, len);
+      sp[r] = scale_of(s);
+      good = !s.bad();
+      for (int64_t i = 0; i < n && good; ++i)
+        good = encode<false>(xp + (i * rows + r) * len, cp + (r * n + i) * len, sp + r, len);
+    }
+    if (!good) ok = false;
+  });
+  return ok;
+}
+
+std::tuple<at::Tensor, at::Tensor> refused() { return {at::empty({0}, at::kChar), at::empty({0}, at::kFloat)}; }
+
+// swalp_cpu::channel_codes: grid_codes(x.transpose(0, 1).reshape(C, -1), 1) of x (N, C, ...).
+std::tuple<at::Tensor, at::Tensor> channel_codes(const at::Tensor& input) {
+  TORCH_CHECK(input.dtype() == at::kFloat && input.dim() >= 2 && input.device().is_cpu(),
+              "swalp_cpu::channel_codes: a float32 CPU tensor (N, C, ...)");
+  const at::Tensor x = input.contiguous();
+  const int64_t n = x.size(0), c = x.size(1), len = n * c == 0 ? 0 : x.numel() / (n * c);
+  at::Tensor codes = at::empty({c, n * len}, at::kChar), scale = at::empty({c, 1}, at::kFloat);
+  if (!row_codes(x.const_data_ptr<float>(), codes.data_ptr<int8_t>(), scale.data_ptr<float>(), n, c, len))
+    return refused();
+  return {codes, scale};
+}
+
 std::tuple<at::Tensor, at::Tensor> grid_codes(const at::Tensor& input, int64_t dim) {
   TORCH_CHECK(input.dtype() == at::kFloat && input.dim() == 2 && (dim == 0 || dim == 1) && input.device().is_cpu(),
               "swalp_cpu::grid_codes: a 2-D float32 CPU tensor and dim 0 or 1");
@@ -86,18 +120,8 @@ std::tuple<at::Tensor, at::Tensor> grid_codes(const at::Tensor& input, int64_t d
   int8_t* cp = codes.data_ptr<int8_t>();
   float* sp = scale.data_ptr<float>();
   std::atomic<bool> ok{true};
-  if (dim == 1) {  // a scale per row: each row is read for its maximum, then encoded while in cache
-    at::parallel_for(0, rows, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
-      bool good = true;
-      for (int64_t r = b; r < e && good; ++r) {
-        Slice s;
-        const float* row = xp + r * cols;
-        add(s, row, cols);
-        sp[r] = scale_of(s);
-        good = !s.bad() && encode<false>(row, cp + r * cols, sp + r, cols);
-      }
-      if (!good) ok = false;
-    });
+  if (dim == 1) {
+    ok = row_codes(xp, cp, sp, 1, rows, cols);
   } else {  // a scale per column: column maxima across each row, then each row encoded
     std::vector<int32_t> abs(cols, 0), top(cols, INT32_MIN);
     for (int64_t r = 0; r < rows; ++r) {
@@ -110,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor> grid_codes(const at::Tensor& input, int64_t d
     }
     for (int64_t j = 0; j < cols; ++j) {
       const Slice s{abs[j], top[j]};
-      if (s.bad()) return {at::empty({0}, at::kChar), at::empty({0}, at::kFloat)};
+      if (s.bad()) return refused();
       sp[j] = scale_of(s);
     }
     at::parallel_for(0, rows, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
@@ -119,7 +143,7 @@ std::tuple<at::Tensor, at::Tensor> grid_codes(const at::Tensor& input, int64_t d
       if (!good) ok = false;
     });
   }
-  if (!ok) return {at::empty({0}, at::kChar), at::empty({0}, at::kFloat)};
+  if (!ok) return refused();
   return {codes, scale};
 }
 
@@ -165,5 +189,6 @@ at::Tensor im2col(const at::Tensor& codes, at::IntArrayRef kernel, at::IntArrayR
 
 TORCH_LIBRARY_FRAGMENT(swalp_cpu, m) {
   m.def("grid_codes(Tensor x, int dim) -> (Tensor, Tensor)", &grid_codes);
+  m.def("channel_codes(Tensor x) -> (Tensor, Tensor)", &channel_codes);
   m.def("im2col(Tensor codes, int[] kernel, int[] stride, int[] padding, int[] dilation) -> Tensor", &im2col);
 }
