@@ -41,11 +41,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import describe, machine_info
 
 import swalp
 from swalp.models import build_model
 from swalp.ops.intmm import int8_mm
-from _common import describe, machine_info
 
 SKIPPED = 77
 PACK_FORMATS = ["bfp8", "fixed8", "e4m3", "e5m2", "mxint8", "mxfp8_e4m3"]
@@ -166,6 +166,7 @@ def check_comm(device) -> int:
     import socket
 
     import torch.distributed as dist
+
     from swalp.distributed import _bfp_math as bm
 
     failures = cases = 0

@@ -221,8 +221,8 @@ def test_im2col_is_unfold(kernels):
 @pytest.mark.parametrize("shape", [(3, 5, 4, 6), (1, 7, 9), (4, 64, 8, 8), (2, 1, 1, 1)])
 def test_the_channel_kernel_is_the_transposed_rows(shape):
     gen = torch.Generator().manual_seed(len(shape))
-    n, c = shape[:2]
-    scale = torch.ldexp(torch.ones(1, c, *[1] * (len(shape) - 2)), torch.randint(-140, 100, (1, c, *[1] * (len(shape) - 2)), generator=gen))
+    c, ones = shape[1], [1] * (len(shape) - 2)
+    scale = torch.ldexp(torch.ones(1, c, *ones), torch.randint(-140, 100, (1, c, *ones), generator=gen))
     grid = torch.randint(-128, 128, shape, generator=gen).float() * scale  # one scale per channel
     refused = 0
     for case in range(4):  # on the grid; a NaN; negative tops; slightly off the grid

@@ -46,10 +46,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import _bfp_math
 from .._checks import check_int
 from .._rng import check_seed, derive_seed
 from ..formats import BlockFloat, PerGroup, PerTensor, Rounding, get_format
+from . import _bfp_math
 
 __all__ = ["BFPCommState", "bfp_allreduce_hook", "register_bfp_hook"]
 
