@@ -1,6 +1,5 @@
 """swalp.distributed: the 8-bit block-floating-point all-reduce hook for DistributedDataParallel."""
 
-import copy
 import os
 import math
 
