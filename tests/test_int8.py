@@ -344,3 +344,20 @@ def test_full_precision_model_is_unchanged_by_int8_compute(name, one_thread):
         results.append([out.detach()] + [p.grad for p in net.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*results))
     assert all(c["int8"] == 0 for layer in compute_paths(net).values() for c in layer.values())
+
+
+def test_int8_products_warn_on_an_x86_cpu_without_int8_units(monkeypatch):
+    import warnings
+
+    from swalp.ops import intmm
+
+    a = torch.ones(2, 3, dtype=torch.int8)
+    monkeypatch.setattr(intmm.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(intmm, "cpu_flags", lambda: frozenset({"fpu", "avx2", "fma"}))  # an AVX2-only CPU
+    with pytest.warns(RuntimeWarning, match="no VNNI or AMX units .* slower than float32"):
+        int_mm(a, a.t())
+    for flags in ({"avx2", "avx512_vnni"}, {"avx2", "amx_int8"}, set()):  # int8 units, or flags unknown
+        monkeypatch.setattr(intmm, "cpu_flags", lambda flags=flags: frozenset(flags))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert int_mm(a, a.t()).tolist() == [[3, 3], [3, 3]]

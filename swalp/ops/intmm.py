@@ -32,6 +32,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import platform
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -97,12 +100,42 @@ def grid_codes(x: Tensor, dim: int, kernels: bool = True) -> GridCodes | None:
     return GridCodes(codes.to(torch.int8), scale)
 
 
+_INT8_UNITS = ("avx512_vnni", "avx_vnni", "amx_int8")  # x86 flags of 8-bit dot-product units
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This machine's CPU flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def _warn_if_slow_cpu() -> None:
+    """Warn once where the CPU is x86 without 8-bit dot-product units: there oneDNN's int8
+    matrix products take a generic path, far slower than float32 (say, AVX2-only CPUs)."""
+    flags = cpu_flags()
+    if platform.machine() in ("x86_64", "AMD64") and flags and not flags.intersection(_INT8_UNITS):
+        warnings.warn("compute='int8': this CPU has no VNNI or AMX units (none of the flags "
+                      f"{', '.join(_INT8_UNITS)}), so torch's int8 matrix products take a slow generic path and "
+                      "the int8 products will be slower than float32; they pay with VNNI/AMX or on a GPU",
+                      RuntimeWarning, stacklevel=3)
+
+
 def int_mm(a: Tensor, b: Tensor, pad: bool | None = None) -> Tensor:
     """``a @ b`` for int8 ``a`` (M, K) and ``b`` (K, N), accumulated in int32 (``torch._int_mm``).
 
     ``pad`` (default: on CUDA) pads the shapes cuBLAS refuses (M <= 16, K or N not a multiple
     of 8) with zeros, which add nothing to any sum, and cuts the result back to (M, N).
+    On an x86 CPU without VNNI or AMX it warns that the product is slow (RuntimeWarning).
     """
+    if a.is_cpu:
+        _warn_if_slow_cpu()
     m, k = a.shape
     n = b.shape[1]
     if (a.is_cuda if pad is None else pad) and (m <= 16 or k % 8 or n % 8):
