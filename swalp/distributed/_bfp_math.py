@@ -54,9 +54,9 @@ def encode(x: Tensor, e: Tensor, wl: int, rounding: Rounding, seed: int) -> Tens
     ``[-2^(wl-1), 2^(wl-1) - 1]``, flat.
 
     ``e`` holds each row's shared exponent, at least the row's own (the MAX over the ranks),
-    so the codes need the clamp only where a value of 2^127 or more met the cap ``EMAX``
-    (it saturates). Stochastic rounding of element ``i`` of the flattened ``x`` draws
-    ``random_bits`` index ``i`` of ``seed``. Rows marked ``NONFINITE``: zeros.
+    so the clamp acts only where a value rounds up to ``2^(wl-1)`` or is 2^127 or more (above
+    the cap ``EMAX``): both saturate. Stochastic rounding of element ``i`` of the flattened
+    ``x`` draws ``random_bits`` index ``i`` of ``seed``. Rows marked ``NONFINITE``: zeros.
     """
     bad = (e == NONFINITE).unsqueeze(1)
     shift = ((wl - 2) - torch.where(bad, 0, e.unsqueeze(1)).to(torch.int32)).expand_as(x)

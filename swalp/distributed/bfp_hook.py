@@ -144,7 +144,8 @@ def bfp_allreduce_hook(state: BFPCommState, bucket: dist.GradBucket) -> torch.fu
 def allreduce_mean(out: Tensor, grads: list[Tensor], starts: list[int], keys: list[int], state: BFPCommState,
                    world: int, rank: int, group) -> Tensor:
     """Write the mean over the ranks of each flat tensor in ``grads``, through 8-bit codes, over
-    ``out[start:start + numel]`` (float32); returns ``out``.
+    ``out[start:start + numel]`` (the bucket: the C++ kernels take float32, other dtypes the
+    PyTorch steps); returns ``out``.
 
     Each tensor is blocked on its own and rounded with seeds of its own ``key``, so the
     numbers do not depend on how DDP groups tensors into buckets (which changes after the

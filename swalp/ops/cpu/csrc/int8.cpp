@@ -1,5 +1,6 @@
-// The CPU kernels of the int8 products (swalp/ops/intmm.py, swalp/ops/intconv.py): grid_codes
-// and im2col, each the Python function of the same name in one pass, with the same results.
+// The CPU kernels of the int8 products (swalp/ops/intmm.py, swalp/ops/intconv.py): grid_codes,
+// channel_codes and im2col, each the Python function of the same name in one pass, with the
+// same results.
 //
 // swalp_cpu::grid_codes: swalp/ops/intmm.py grid_codes, bit for bit.
 //
