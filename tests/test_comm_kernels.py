@@ -147,3 +147,20 @@ def test_reused_outputs_are_cleared_where_nothing_is_encoded():
     del full
     m = bm.mean(rows, 2, [(n, 1, 0)], Rounding.NEAREST)
     assert m[:n].eq(3).all() and m[n:].eq(0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_16_bit_bucket_takes_the_definitions_on_its_float32_values(dtype):
+    grads32, sizes = _grads(5)
+    grads32 = [g.clamp(-60000, 60000).nan_to_num(posinf=60000.0) for g in grads32]  # within float16
+    grads = [g.to(dtype) for g in grads32]
+    e = bm.exponents(grads, sizes)
+    assert torch.equal(e, bm.exponents([g.float() for g in grads], sizes))
+    length = sum(bm.blocks_of(g.numel(), s) * s for g, s in zip(grads, sizes))
+    c = bm.codes(grads, sizes, e, 8, Rounding.STOCHASTIC, [1] * len(grads), length)
+    assert torch.equal(c, bm.codes([g.float() for g in grads], sizes, e, 8, Rounding.STOCHASTIC, [1] * len(grads), length))
+    numels = [g.numel() for g in grads]
+    starts = [sum(numels[:t]) for t in range(len(numels))]
+    out = bm.decode_into(torch.zeros(sum(numels), dtype=dtype), c, e, numels, sizes, starts, 8)
+    ref = bm.decode_into(torch.zeros(sum(numels)), c, e, numels, sizes, starts, 8)
+    assert out.dtype == dtype and torch.equal(out, ref.to(dtype))
