@@ -21,11 +21,14 @@
    ``torch.cuda.max_memory_allocated`` of each, and the ratio to fp32 (targets: paper <= 1.3,
    int8 < 1.0).
 
-Everything is written to ``--json`` (default ``gpu_check.json``). Without a GPU it exits 77
-("skipped") with a message; ``--device cpu`` runs parts 2 to 4 on the CPU to check the script
-itself (slow; not a figure).
+Everything is written to ``--json`` (default ``gpu_check.json``), after every part, so that a
+run cut short keeps what it measured. A part that raises is recorded (``errors``, or a
+configuration's ``error``) and counted as a failure, and the rest still run; with
+``--max-minutes`` no timing starts after that long (those configurations say ``skipped``), to
+fit a lent machine's time. Without a GPU it exits 77 ("skipped") with a message; ``--device
+cpu`` runs parts 2 to 4 on the CPU to check the script itself (slow; not a figure).
 
-    python benchmarks/gpu_check.py --json gpu_check.json --compile
+    python benchmarks/gpu_check.py --json gpu_check.json --compile --max-minutes 7
     python benchmarks/gpu_check.py --device cpu --steps 2 --warmup 1 --batch 8   # the script's own check
 
 Exit codes: 0 every check passed; 1 a result differed; 77 no CUDA device.
@@ -38,12 +41,14 @@ import json
 import statistics
 import sys
 import time
+import traceback
 
 import torch
 import torch.nn.functional as F
 from _common import describe, machine_info
 
 import swalp
+from swalp._files import atomic_write_text
 from swalp.models import build_model
 from swalp.ops.intmm import int8_mm
 
@@ -249,7 +254,10 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_steps(args, device) -> list[dict]:
+def time_steps(args, device, deadline: float, save) -> list[dict]:
+    """Each configuration's median step; one that fails is recorded with its error and the rest
+    go on; those not started by ``deadline`` (time.monotonic) are recorded as skipped. ``save``
+    is called with the records after each configuration (a partial JSON survives a kill)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
@@ -258,32 +266,47 @@ def time_steps(args, device) -> list[dict]:
         configs += [(name + " compiled", *rest, True) for name, *rest in STEP_CONFIGS if name in COMPILED]
     records = []
     for name, recipe, storage, compute, compile in configs:
+        rec = dict(name=name, recipe=recipe or "fp32", storage=storage, compute=compute, compiled=compile,
+                   batch=args.batch)
+        records.append(rec)
+        if time.monotonic() > deadline:
+            rec["skipped"] = f"--max-minutes {args.max_minutes} reached"
+            continue
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        step, model = make_step(recipe, storage, compute, device, compile)
-        times = []
-        for i in range(args.warmup + args.steps):
-            sync(device)
-            start = time.perf_counter()
-            step(x, y)
-            sync(device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
-        rec = dict(name=name, recipe=recipe or "fp32", storage=storage, compute=compute, compiled=compile,
-                   step_ms=statistics.median(times) * 1e3, batch=args.batch,
-                   max_memory_allocated=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
-        if compute == "int8":
-            rec["compute_paths"] = swalp.nn.compute_paths(model)
-        records.append(rec)
-        del step, model
-    base = {r["compiled"]: r["step_ms"] for r in records if r["recipe"] == "fp32"}
+        try:
+            step, model = make_step(recipe, storage, compute, device, compile)
+            times = []
+            for i in range(args.warmup + args.steps):
+                sync(device)
+                start = time.perf_counter()
+                step(x, y)
+                sync(device)
+                if i >= args.warmup:
+                    times.append(time.perf_counter() - start)
+            rec.update(step_ms=statistics.median(times) * 1e3,
+                       max_memory_allocated=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
+            if compute == "int8":
+                rec["compute_paths"] = swalp.nn.compute_paths(model)
+            del step, model
+        except Exception as e:  # one configuration's failure must not cost the others' figures
+            traceback.print_exc()
+            rec["error"] = f"{type(e).__name__}: {e}"
+        save(records)
+    timed = [r for r in records if "step_ms" in r]
+    base = {r["compiled"]: r["step_ms"] for r in timed if r["recipe"] == "fp32"}
     print(f"\nVGG-16, batch {args.batch}, median of {args.steps} steps after {args.warmup}")
     print(f"{'config':<24}{'ms':>9}{'/ fp32':>8}{'peak MiB':>10}")
     for r in records:
-        r["ratio_to_fp32"] = r["step_ms"] / base.get(r["compiled"], base[False])
+        if "step_ms" not in r:
+            print(f"{r['name']:<24}  {r.get('error') or r.get('skipped')}")
+            continue
+        fp32 = base.get(r["compiled"], base.get(False))
+        r["ratio_to_fp32"] = r["step_ms"] / fp32 if fp32 else None
         peak = "" if r["max_memory_allocated"] is None else f"{r['max_memory_allocated'] / 2**20:>10.0f}"
-        print(f"{r['name']:<24}{r['step_ms']:>9.1f}{r['ratio_to_fp32']:>8.2f}{peak}")
+        ratio = f"{r['ratio_to_fp32']:>8.2f}" if fp32 else f"{'':>8}"
+        print(f"{r['name']:<24}{r['step_ms']:>9.1f}{ratio}{peak}")
     return records
 
 
@@ -296,7 +319,11 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="also time compiled steps (inductor)")
     p.add_argument("--skip-quantize", action="store_true", help="skip part 1 (gpu_quantize.py)")
     p.add_argument("--json", default="gpu_check.json", help="where the records go (default gpu_check.json)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="start no timing after this many minutes from the start (default: no limit)")
     args = p.parse_args(argv)
+    started = time.monotonic()
+    deadline = started + 60 * args.max_minutes if args.max_minutes is not None else float("inf")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; nothing was checked or measured (exit 77). "
@@ -304,25 +331,39 @@ def main(argv=None) -> int:
         return SKIPPED
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else describe(machine_info())
     print(f"gpu_check on {where}, torch {torch.__version__}")
-    result = dict(device=where, torch=torch.__version__, machine=machine_info())
-    failures = 0
-    if device.type == "cuda" and not args.skip_quantize:
+    result = dict(device=where, torch=torch.__version__, machine=machine_info(), failures=0, errors={})
+
+    def save(steps=None):  # after every part: what ran is on disk if the machine goes away
+        if steps is not None:
+            result["steps"] = steps
+        result["seconds"] = round(time.monotonic() - started, 1)
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
+
+    def quantize(device) -> int:
         import gpu_quantize
 
         code = gpu_quantize.main(["--json", args.json + ".quantize.json"])
-        failures += code == 1
-        result["quantize"] = json.load(open(args.json + ".quantize.json")) if code != SKIPPED else "skipped"
-    failures += check_pack(device)
-    failures += check_int8(device)
-    failures += check_stats(device)
-    failures += check_sgd(device)
-    failures += check_comm(device)
-    result["steps"] = time_steps(args, device)
-    result["failures"] = failures
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.json}")
-    print("\nPASS" if failures == 0 else f"\nFAIL: {failures} failed checks")
+        with open(args.json + ".quantize.json") as f:
+            result["quantize"] = json.load(f)
+        return int(code == 1)
+
+    parts = [("quantize", quantize)] if device.type == "cuda" and not args.skip_quantize else []
+    parts += [("pack", check_pack), ("int8", check_int8), ("stats", check_stats), ("sgd", check_sgd),
+              ("comm", check_comm)]
+    for name, check in parts:
+        try:  # an exception in one check is a failure of that check; the others still run
+            result["failures"] += check(device)
+        except Exception as e:
+            traceback.print_exc()
+            result["errors"][name] = f"{type(e).__name__}: {e}"
+            result["failures"] += 1
+        save()
+    steps = time_steps(args, device, deadline, save)
+    result["failures"] += sum("error" in r for r in steps)
+    save(steps)
+    print(f"wrote {args.json} ({result['seconds']} s)")
+    failures = result["failures"]
+    print("\nPASS" if failures == 0 else f"\nFAIL: {failures} failed checks or configurations")
     return 0 if failures == 0 else 1
 
 

@@ -58,6 +58,23 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     assert {r["name"] for r in result["steps"]} >= {"fp32", "paper-int8", "big-block-int8"}
 
 
+def test_gpu_check_records_a_failing_part_and_goes_on(tmp_path, monkeypatch):
+    """The one-shot GPU run must not lose the rest to one part: here the integer-product check
+    raises, the others still run, the JSON says so, and --max-minutes 0 skips every timing."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_check
+
+    def broken(device):
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr(gpu_check, "check_int8", broken)
+    code = gpu_check.main(["--device", "cpu", "--max-minutes", "0", "--json", str(tmp_path / "g.json")])
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert code == 1 and result["failures"] == 1
+    assert result["errors"] == {"int8": "RuntimeError: no such kernel"}
+    assert len(result["steps"]) == 6 and all(r["skipped"] == "--max-minutes 0.0 reached" for r in result["steps"])
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")
 def test_memory_benchmark_counts_every_persistent_byte(tmp_path):
     out = run("memory.py", "--models", "cnn1d", "--steps", "2", "--threads", "1", "--json", str(tmp_path / "m.json"))
