@@ -136,11 +136,34 @@ def test_int8_mm_declines():
     assert int8_mm(a * 0.1, torch.ones(3, 2)) is None
     assert int8_mm(a.double(), torch.ones(3, 2).double()) is None
     assert int8_mm(torch.ones(2, 0), torch.ones(0, 2)) is None
-    assert int8_mm(torch.ones(1, MAX_K + 1), torch.ones(MAX_K + 1, 1)) is None
     assert torch.equal(int8_mm(torch.full((1, MAX_K), -128.0), torch.full((MAX_K, 1), -128.0)),
                        torch.tensor([[MAX_K * 16384.0]]))
     with pytest.raises(ValueError, match=r"\(M, K\) by \(K, N\), got \(2, 3\) and \(2, 3\)"):
         int8_mm(a, a)
+
+
+def test_a_bias_free_first_convolution_trains():
+    # Its backward asks for the weight gradient alone (no input or bias gradient): the op's two
+    # empty outputs must be distinct tensors (a custom op's outputs may not alias).
+    torch.manual_seed(0)
+    net = quantize_model(nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2)),
+                         "paper", compute="int8")
+    net(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert net[0].weight.grad.shape == (4, 3, 3, 3) and compute_paths(net)["0"]["weight_grad"]["float"] == 1
+
+
+def test_a_reduction_longer_than_int32_holds_is_summed_in_pieces():
+    # 2^17 products of -128 * -128 sum to 2^31: one past int32 (it wrapped to -2^31 before).
+    k = MAX_K + 1
+    assert torch.equal(int8_mm(torch.full((1, k), -128.0), torch.full((k, 1), -128.0)), torch.tensor([[2.0**31]]))
+    gen = torch.Generator().manual_seed(9)
+    a, b = _grid((3, 3 * k + 5), (3, 1), gen, codes=(100, 128)), _grid((3 * k + 5, 2), (1, 2), gen, codes=(-128, -100))
+    assert torch.equal(int8_mm(a, b), _exact(a, b))  # four pieces, each near the int32 limit
+    # A convolution's weight gradient reduces over every output position of the batch.
+    x, g = torch.full((2, 1, 256, 256), -1.0), torch.full((2, 1, 256, 256), -1.0)  # codes -128, scale 2^-7
+    _, gw, _, took = torch.ops.swalp.int8_conv_backward(g, x, torch.full((1, 1, 1, 1), 0.5), [1, 1], [0, 0], [1, 1],
+                                                        [False, True, False])
+    assert bool(took) and gw.flatten().tolist() == [131072.0]
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (16, 8, 8), (5, 13, 3), (40, 24, 17)])

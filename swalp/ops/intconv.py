@@ -151,8 +151,10 @@ def int8_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: Sequence
         cols, _ = im2col(cx.codes, w4.shape[2:], stride4, padding4, dilation4)
         o, c, kh, kw = w4.shape
         gw = codes_mm(a, GridCodes(cols, cx.scale)).view(o, kh, kw, c).permute(0, 3, 1, 2).reshape(weight.shape)
-    empty = grad.new_empty(0)
-    return (gx if mask[0] else empty), (gw.contiguous() if mask[1] else empty), (gb if mask[2] else empty), _flag(took)
+    def empty():  # one of its own for each output not asked for: a custom op's outputs may not alias
+        return grad.new_empty(0)
+
+    return (gx if mask[0] else empty()), (gw.contiguous() if mask[1] else empty()), (gb if mask[2] else empty()), _flag(took)
 
 
 @int8_conv_backward.register_fake

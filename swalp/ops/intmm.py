@@ -44,8 +44,10 @@ from . import cpu
 
 __all__ = ["MAX_K", "GridCodes", "codes_mm", "exact_mm", "grid_codes", "int8_mm", "int_mm"]
 
-# |code| <= 128 on both sides, so an int32 sum of K products holds up to K < 2^31 / 2^14.
+# |code| <= 128 on both sides, so an int32 sum of K products holds up to K < 2^31 / 2^14;
+# longer reductions are summed in pieces (codes_mm) of _PIECE, a multiple of 8 for cuBLAS.
 MAX_K = 2**17 - 1
+_PIECE = MAX_K // 8 * 8
 
 _MIN_SCALE_EXP = -149  # 2^-149, float32's smallest subnormal: no smaller scale is a float32
 _TINY = 2.0**-126  # below this a float32 product would be subnormal (rounded twice)
@@ -161,13 +163,14 @@ def int8_mm(a: Tensor, b: Tensor) -> Tensor | None:
     Returns:
         (M, N) float32: the float64 product of ``a`` and ``b`` rounded once to float32, bit for
         bit; None when a row of ``a`` or a column of ``b`` is not on such a grid (or holds NaN
-        or inf), the dtypes are not float32, or K > :data:`MAX_K` (an int32 sum could overflow).
+        or inf), or the dtypes are not float32. Any K: above :data:`MAX_K` (where an int32 sum
+        could overflow) :func:`codes_mm` sums int32 pieces in int64.
 
     Caveat: host synchronisations (the grid checks), so on a GPU it pays for large products.
     """
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"int8_mm multiplies (M, K) by (K, N), got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.shape[1] > MAX_K or a.numel() == 0 or b.numel() == 0:
+    if a.numel() == 0 or b.numel() == 0:
         return None
     ga = grid_codes(a, 1)
     gb = grid_codes(b, 0) if ga is not None else None
@@ -176,9 +179,17 @@ def int8_mm(a: Tensor, b: Tensor) -> Tensor | None:
 
 def codes_mm(a: GridCodes, b: GridCodes, dtype: torch.dtype = torch.float32) -> Tensor:
     """``(a.codes @ b.codes) * a.scale * b.scale``, exact and then rounded once to ``dtype``
-    (float32 or float64); ``a.scale`` is (M, 1), ``b.scale`` (1, N), K at most :data:`MAX_K`."""
-    acc = int_mm(a.codes, b.codes)
-    if dtype == torch.float32:
+    (float32 or float64); ``a.scale`` is (M, 1), ``b.scale`` (1, N). Above :data:`MAX_K` the
+    reduction is taken in pieces of at most that length, each summed in int32 and the pieces in
+    int64 (exact below 2^53, that is K below 2^39): a convolution's weight gradient reduces over
+    every output position of the batch (2^17 already at batch 128 and 32x32)."""
+    k = a.codes.shape[1]
+    if k <= MAX_K:
+        acc = int_mm(a.codes, b.codes)
+    else:
+        pieces = range(0, k, _PIECE)
+        acc = sum(int_mm(a.codes[:, i:i + _PIECE], b.codes[i:i + _PIECE]).to(torch.int64) for i in pieces)
+    if dtype == torch.float32 and acc.dtype == torch.int32:
         lo = a.scale.min() * b.scale.min()
         hi = a.scale.max() * b.scale.max()
         if bool((lo >= _TINY) & (hi <= _BIG)):
