@@ -24,7 +24,9 @@ value held in float32) and ``paper-packed-act`` (the same, with the activations 
 saves for backward kept packed: ``swalp.nn.packed_activations``), ``paper-packed-state``
 (weights, gradients and momentum held packed: ``storage="packed"``, which also steps parameter
 by parameter; with the CPU kernels' pool of freed outputs off, as ``swalp train --storage
-packed`` runs: swalp.ops.cpu.set_output_pool) and ``paper-packed`` (both: real 8-bit training, the same numbers as ``paper``).
+packed`` runs: swalp.ops.cpu.set_output_pool) and ``paper-packed`` (both: real 8-bit training, the same numbers as ``paper``);
+``paper-int8`` and ``paper-packed-int8``: ``paper`` and ``paper-packed`` with integer products
+(``compute="int8"``), whose int8 patches (im2col) are temporaries of their own.
 
 With ``--where``, the child also finds where the last step peaks: a thread samples the
 resident memory every 0.2 ms while hooks on every autograd node of that step note the node
@@ -54,7 +56,7 @@ import torch.nn.functional as F
 from _common import machine_info, write_records
 
 BATCH = {"cnn1d": (100, (1, 40), 10), "vgg16": (128, (3, 32, 32), 10)}
-VARIANTS = ("fp32", "paper", "paper-packed-act", "paper-packed-state", "paper-packed")
+VARIANTS = ("fp32", "paper", "paper-packed-act", "paper-packed-state", "paper-packed", "paper-int8", "paper-packed-int8")
 
 
 def rss_kb(field: str = "VmRSS") -> int:
@@ -142,12 +144,12 @@ def child(model_name: str, variant: str, steps: int, threads: int, where: bool =
     if variant == "fp32":
         opt, average = sgd, torch.optim.swa_utils.AveragedModel(model)
     else:
-        swalp.quantize_model(model, "paper")
-        storage = "packed" if variant in ("paper-packed-state", "paper-packed") else "simulated"
+        swalp.quantize_model(model, "paper", compute="int8" if variant.endswith("-int8") else "float")
+        storage = "packed" if variant in ("paper-packed-state", "paper-packed", "paper-packed-int8") else "simulated"
         if storage == "packed":  # as swalp train --storage packed: no pool of freed kernel outputs
             swalp.ops.cpu.set_output_pool(0)
         opt, average = swalp.LowPrecisionOptimizer(sgd, seed=0, storage=storage), swalp.WeightAverage(model, seed=0)
-    packs_act = variant in ("paper-packed-act", "paper-packed")
+    packs_act = variant in ("paper-packed-act", "paper-packed", "paper-packed-int8")
     saved = swalp.nn.packed_activations if packs_act else contextlib.nullcontext
     params = list(model.parameters())
     finder = PeakFinder(before) if where and not cuda else None  # resident memory: the CPU's
