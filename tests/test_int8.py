@@ -369,6 +369,26 @@ def test_full_precision_model_is_unchanged_by_int8_compute(name, one_thread):
     assert all(c["int8"] == 0 for layer in compute_paths(net).values() for c in layer.values())
 
 
+@pytest.mark.parametrize("name", ["vgg16", "preresnet164", "resnet18"])
+def test_every_paper_network_takes_int8_steps(name, one_thread):
+    """The paper's networks under compute="int8" (bias-free convolutions, batch norm, shortcuts):
+    two steps, and after the first (weights rounded) the hidden layers' products are integer."""
+    from swalp.models import build_model
+
+    torch.manual_seed(0)
+    net = quantize_model(build_model(name, 10, (3, 32, 32)), "paper", compute="int8")
+    opt = swalp.LowPrecisionOptimizer(torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9), "paper", seed=0)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
+    for _ in range(2):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in net.parameters())
+    took = sum(c["int8"] for layer in compute_paths(net).values() for c in layer.values())
+    assert took > len(compute_paths(net))  # most layers, forward and weight gradient
+
+
 def test_int8_products_warn_on_an_x86_cpu_without_int8_units(monkeypatch):
     import warnings
 
