@@ -284,7 +284,11 @@ def test_the_im2col_kernel_is_the_copies():
     (nn.Conv1d(2, 5, 5, padding=2), (4, 2, 11), False),
     (nn.Conv2d(3, 8, 3, padding=1, bias=False), (2, 3, 5, 5), True),
 ])  # fmt: skip
-def test_conv_products_are_exact(conv, shape, per_row):
+@pytest.mark.parametrize("one_image_at_a_time", [False, True], ids=["whole batch", "pieces"])
+def test_conv_products_are_exact(conv, shape, per_row, one_image_at_a_time, monkeypatch):
+    if one_image_at_a_time:  # the patches built image by image (swalp/ops/intconv.py PATCH_BYTES)
+        monkeypatch.setattr(swalp.ops.intconv, "PATCH_BYTES", 1)
+    conv = copy.deepcopy(conv)
     gen = torch.Generator().manual_seed(6)
     conv = _on_grid(conv, gen, per_row)
     if conv.bias is None:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu
-from .intmm import GridCodes, codes_mm, grid_codes
+from .intmm import MAX_K, GridCodes, codes_mm, exact_int_mm, grid_codes, scale_sums
 
 __all__ = ["channel_codes", "codes_4d", "im2col"]
 
@@ -63,6 +63,25 @@ def im2col(codes: Tensor, kernel, stride, padding, dilation, kernels: bool = Tru
         for j in range(kw):
             out[:, :, :, i * kw + j] = x[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]
     return out.view(n * ho * wo, kh * kw * c), (ho, wo)
+
+
+# The int8 patches of a product are built a piece of the batch at a time, at most this many
+# bytes (at least one image): VGG-16's second convolution at batch 128 has 75 MB of them.
+PATCH_BYTES = 16 << 20
+
+
+def _out_size(x4: Tensor, w4: Tensor, stride, padding, dilation) -> tuple[int, int]:
+    (h, w), (kh, kw) = x4.shape[2:], w4.shape[2:]
+    return ((h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1,
+            (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1)
+
+
+def _pieces(x4: Tensor, w4: Tensor, positions: int) -> list[tuple[int, int]]:
+    """Ranges of images whose patches (``positions`` rows of C*kh*kw bytes each) take at most
+    :data:`PATCH_BYTES`."""
+    per_image = positions * w4.shape[1] * w4.shape[2] * w4.shape[3]
+    step = max(1, PATCH_BYTES // max(per_image, 1))
+    return [(i, min(x4.shape[0], i + step)) for i in range(0, x4.shape[0], step)]
 
 
 def _weight_rows(weight: Tensor) -> Tensor:
@@ -110,13 +129,17 @@ def int8_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[i
     if gw is None:
         return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False,
                                           [0] * len(stride), 1), _flag(False)
-    cols, (ho, wo) = im2col(gx.codes, w4.shape[2:], stride4, padding4, dilation4)
-    rows = GridCodes(cols, gx.scale if gx.scale.shape[0] == 1 else gx.scale.repeat_interleave(ho * wo, 0))
-    y = codes_mm(rows, GridCodes(gw.codes.t(), gw.scale.t()))
-    if bias is not None:
-        y = y + bias
-    out = y.view(x.shape[0], ho, wo, out_ch).permute(0, 3, 1, 2)
-    return (out if x.dim() == 4 else out.squeeze(2)).contiguous(), _flag(True)
+    right = GridCodes(gw.codes.t(), gw.scale.t())
+    n, ho, wo = x4.shape[0], *_out_size(x4, w4, stride4, padding4, dilation4)
+    out = x4.new_empty(n, out_ch, ho, wo)
+    for i, j in _pieces(x4, w4, ho * wo):  # rows are independent: a piece of the batch at a time
+        cols, _ = im2col(gx.codes[i:j], w4.shape[2:], stride4, padding4, dilation4)
+        scale = gx.scale if gx.scale.shape[0] == 1 else gx.scale[i:j].repeat_interleave(ho * wo, 0)
+        y = codes_mm(GridCodes(cols, scale), right)
+        if bias is not None:
+            y.add_(bias)
+        out[i:j] = y.view(j - i, ho, wo, out_ch).permute(0, 3, 1, 2)
+    return (out if x.dim() == 4 else out.squeeze(2)), _flag(True)
 
 
 @int8_conv.register_fake
@@ -148,9 +171,16 @@ def int8_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: Sequence
     if took:
         if mask[2]:
             gb = grad.sum([0, *range(2, grad.dim())])
-        cols, _ = im2col(cx.codes, w4.shape[2:], stride4, padding4, dilation4)
         o, c, kh, kw = w4.shape
-        gw = codes_mm(a, GridCodes(cols, cx.scale)).view(o, kh, kw, c).permute(0, 3, 1, 2).reshape(weight.shape)
+        hw = a.codes.shape[1] // max(x4.shape[0], 1)  # output positions per image
+        wide = a.codes.shape[1] > MAX_K  # the whole reduction could overflow int32: pieces in int64
+        acc = torch.zeros(o, kh * kw * c, dtype=torch.int32, device=grad.device) if x4.shape[0] == 0 else None
+        for i, j in _pieces(x4, w4, hw):  # a piece of the batch's patches at a time, summed exactly
+            cols, _ = im2col(cx.codes[i:j], w4.shape[2:], stride4, padding4, dilation4)
+            part = exact_int_mm(a.codes[:, i * hw:j * hw], cols)
+            part = part.to(torch.int64) if wide else part
+            acc = part if acc is None else acc.add_(part)
+        gw = scale_sums(acc, a.scale, cx.scale).view(o, kh, kw, c).permute(0, 3, 1, 2).reshape(weight.shape)
     def empty():  # one of its own for each output not asked for: a custom op's outputs may not alias
         return grad.new_empty(0)
 

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from . import cpu
 
-__all__ = ["MAX_K", "GridCodes", "codes_mm", "exact_mm", "grid_codes", "int8_mm", "int_mm"]
+__all__ = ["MAX_K", "GridCodes", "codes_mm", "exact_int_mm", "exact_mm", "grid_codes", "int8_mm", "int_mm", "scale_sums"]
 
 # |code| <= 128 on both sides, so an int32 sum of K products holds up to K < 2^31 / 2^14;
 # longer reductions are summed in pieces (codes_mm) of _PIECE, a multiple of 8 for cuBLAS.
@@ -179,26 +179,35 @@ def int8_mm(a: Tensor, b: Tensor) -> Tensor | None:
 
 def codes_mm(a: GridCodes, b: GridCodes, dtype: torch.dtype = torch.float32) -> Tensor:
     """``(a.codes @ b.codes) * a.scale * b.scale``, exact and then rounded once to ``dtype``
-    (float32 or float64); ``a.scale`` is (M, 1), ``b.scale`` (1, N). Above :data:`MAX_K` the
-    reduction is taken in pieces of at most that length, each summed in int32 and the pieces in
-    int64 (exact below 2^53, that is K below 2^39): a convolution's weight gradient reduces over
-    every output position of the batch (2^17 already at batch 128 and 32x32)."""
-    k = a.codes.shape[1]
+    (float32 or float64); ``a.scale`` is (M, 1), ``b.scale`` (1, N); any K (:func:`exact_int_mm`)."""
+    return scale_sums(exact_int_mm(a.codes, b.codes), a.scale, b.scale, dtype)
+
+
+def exact_int_mm(a: Tensor, b: Tensor) -> Tensor:
+    """The exact integer product of int8 ``a`` (M, K) and ``b`` (K, N): int32 up to K =
+    :data:`MAX_K`; above, int32 pieces of the reduction summed in int64 (exact while K < 2^39).
+    A convolution's weight gradient reduces over every output position of the batch (2^17
+    already at batch 128 and 32x32), beyond what an int32 sum of such products holds."""
+    k = a.shape[1]
     if k <= MAX_K:
-        acc = int_mm(a.codes, b.codes)
-    else:
-        pieces = range(0, k, _PIECE)
-        acc = sum(int_mm(a.codes[:, i:i + _PIECE], b.codes[i:i + _PIECE]).to(torch.int64) for i in pieces)
+        return int_mm(a, b)
+    return sum(int_mm(a[:, i:i + _PIECE], b[i:i + _PIECE]).to(torch.int64) for i in range(0, k, _PIECE))
+
+
+def scale_sums(acc: Tensor, a_scale: Tensor, b_scale: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``acc * a_scale * b_scale`` for exact integer sums ``acc`` (M, N) (int32 or int64) and
+    powers of two (M, 1) and (1, N), rounded once to ``dtype`` (float32 or float64)."""
     if dtype == torch.float32 and acc.dtype == torch.int32:
-        lo = a.scale.min() * b.scale.min()
-        hi = a.scale.max() * b.scale.max()
+        lo = a_scale.min() * b_scale.min()
+        hi = a_scale.max() * b_scale.max()
         if bool((lo >= _TINY) & (hi <= _BIG)):
             # Scaling by a normal power of two is exact, so rounding int32 -> float32 first is
             # the only rounding: the same as rounding the exact float64 value.
-            if a.scale.shape[0] == 1 or b.scale.shape[1] == 1:  # one factor's scale is a scalar
-                return acc.to(torch.float32).mul_(a.scale * b.scale)
-            return acc.to(torch.float32) * (a.scale * b.scale)
-    return (acc.to(torch.float64) * a.scale.double() * b.scale.double()).to(dtype)
+            if a_scale.shape[0] == 1 or b_scale.shape[1] == 1:  # one factor's scale is a scalar
+                return acc.to(torch.float32).mul_(a_scale * b_scale)
+            return acc.to(torch.float32) * (a_scale * b_scale)
+    # int64 sums are below 2^53 (exact_int_mm): float64 holds them, and the scaling, exactly.
+    return (acc.to(torch.float64) * a_scale.double() * b_scale.double()).to(dtype)
 
 
 @torch.library.custom_op("swalp::exact_mm", mutates_args=())
