@@ -3,9 +3,10 @@
 A 2-D convolution (groups 1, zero padding) is a matrix product over patches: im2col turns
 the input (N, C, H, W) into rows of C*kh*kw values, one row per output position. When the
 input is on an 8-bit power-of-two grid (one scale per sample for the forward, one per tensor
-for the weight gradient) its codes are unfolded in int8 (a quarter of float32's bytes) and
-multiplied with :func:`swalp.ops.intmm.codes_mm`, exactly; otherwise torch's float
-convolution runs. Each op returns ``(result, took_int8)``, the second a 0-dim CPU bool, and
+for the weight gradient) its codes are unfolded in int8 (a quarter of float32's bytes), a piece
+of the batch at a time (at most :data:`PATCH_BYTES` of patches), and multiplied exactly
+(:func:`swalp.ops.intmm.codes_mm`; the weight gradient's pieces summed as integers); otherwise
+torch's float convolution runs. Each op returns ``(result, took_int8)``, the second a 0-dim CPU bool, and
 is opaque to ``torch.compile`` (its choice depends on the data).
 
 * forward: rows = input patches (per-sample scale), columns = the weight's output channels
