@@ -44,6 +44,11 @@ from .intmm import MAX_K, GridCodes, codes_mm, exact_int_mm, grid_codes, scale_s
 __all__ = ["channel_codes", "codes_4d", "im2col"]
 
 
+def _out_size(size, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """(Ho, Wo) of a 2-D convolution of an input of spatial ``size`` (H, W)."""
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(size, kernel, stride, padding, dilation))
+
+
 def im2col(codes: Tensor, kernel, stride, padding, dilation, kernels: bool = True) -> tuple[Tensor, tuple[int, int]]:
     """(N, C, H, W) -> ((N * Ho * Wo, kh * kw * C) patches, (Ho, Wo)): one row per output
     position, columns in (kh, kw, C) order (that of ``weight.permute(0, 2, 3, 1)``), any dtype
@@ -52,13 +57,11 @@ def im2col(codes: Tensor, kernel, stride, padding, dilation, kernels: bool = Tru
     Int8 on the CPU: one C++ call (``swalp/ops/cpu/csrc/int8.cpp``) that copies each row's
     contiguous channel runs, the same bytes (``kernels=False`` asks for the copies here)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    n, c, h, w = codes.shape
+    n, c = codes.shape[:2]
+    ho, wo = _out_size(codes.shape[2:], kernel, stride, padding, dilation)
     if kernels and codes.dtype == torch.int8 and codes.is_cpu and cpu.load():
-        cols = torch.ops.swalp_cpu.im2col(codes, list(kernel), list(stride), list(padding), list(dilation))
-        return cols, ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+        return torch.ops.swalp_cpu.im2col(codes, list(kernel), list(stride), list(padding), list(dilation)), (ho, wo)
     x = F.pad(codes, (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # (N, H, W, C) view
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     out = codes.new_empty(n, ho, wo, kh * kw, c)
     for i in range(kh):
         for j in range(kw):
@@ -69,12 +72,6 @@ def im2col(codes: Tensor, kernel, stride, padding, dilation, kernels: bool = Tru
 # The int8 patches of a product are built a piece of the batch at a time, at most this many
 # bytes (at least one image): VGG-16's second convolution at batch 128 has 75 MB of them.
 PATCH_BYTES = 16 << 20
-
-
-def _out_size(x4: Tensor, w4: Tensor, stride, padding, dilation) -> tuple[int, int]:
-    (h, w), (kh, kw) = x4.shape[2:], w4.shape[2:]
-    return ((h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1,
-            (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1)
 
 
 def _pieces(x4: Tensor, w4: Tensor, positions: int) -> list[tuple[int, int]]:
@@ -131,7 +128,7 @@ def int8_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[i
         return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False,
                                           [0] * len(stride), 1), _flag(False)
     right = GridCodes(gw.codes.t(), gw.scale.t())
-    n, ho, wo = x4.shape[0], *_out_size(x4, w4, stride4, padding4, dilation4)
+    n, ho, wo = x4.shape[0], *_out_size(x4.shape[2:], w4.shape[2:], stride4, padding4, dilation4)
     out = x4.new_empty(n, out_ch, ho, wo)
     for i, j in _pieces(x4, w4, ho * wo):  # rows are independent: a piece of the batch at a time
         cols, _ = im2col(gx.codes[i:j], w4.shape[2:], stride4, padding4, dilation4)
@@ -182,6 +179,7 @@ def int8_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: Sequence
             part = part.to(torch.int64) if wide else part
             acc = part if acc is None else acc.add_(part)
         gw = scale_sums(acc, a.scale, cx.scale).view(o, kh, kw, c).permute(0, 3, 1, 2).reshape(weight.shape)
+
     def empty():  # one of its own for each output not asked for: a custom op's outputs may not alias
         return grad.new_empty(0)
 
