@@ -28,7 +28,7 @@ from torch import Tensor
 from .._rng import random_bits, seed_keys, uniform
 from ..formats import Rounding
 from ..ops import cpu
-from ..ops._reference import floor_log2, pow2_mul
+from ..ops._reference import _round_int, floor_log2, pow2_mul
 
 # Exponents sent: [-126, 126]. A block whose largest value is below 2^-126 rounds onto the grid
 # of 2^-126 (to 0 or one step, unbiased); one at 2^127 or above saturates at the largest code.
@@ -60,13 +60,9 @@ def encode(x: Tensor, e: Tensor, wl: int, rounding: Rounding, seed: int) -> Tens
     """
     bad = (e == NONFINITE).unsqueeze(1)
     shift = ((wl - 2) - torch.where(bad, 0, e.unsqueeze(1)).to(torch.int32)).expand_as(x)
-    s = pow2_mul(torch.where(bad, 0.0, x.float()), shift)
-    if rounding is Rounding.STOCHASTIC:
-        f = torch.floor(s)
-        s = f + (uniform(s.shape, seed, device=s.device) < s - f).to(s.dtype)
-    else:
-        s = torch.round(s)
-    return s.clamp(-(2 ** (wl - 1)), 2 ** (wl - 1) - 1).to(torch.int8).reshape(-1)
+    u = uniform(x.shape, seed, device=x.device) if rounding is Rounding.STOCHASTIC else None
+    q = _round_int(torch.where(bad, 0.0, x.float()), shift, -(2 ** (wl - 1)), 2 ** (wl - 1) - 1, rounding, u)
+    return q.to(torch.int8).reshape(-1)
 
 
 def round_mean(total: Tensor, world: int, rounding: Rounding, bits: Tensor | None) -> Tensor:
