@@ -28,20 +28,28 @@ struct Layout {  // where gradient t's blocks and codes begin in the concatenati
   int64_t blocks = 0, codes = 0;
 };
 
-Layout layout(at::TensorList xs, at::IntArrayRef sizes) {
-  TORCH_CHECK(xs.size() == sizes.size(), "swalp_cpu::comm: one block size per gradient");
+// From each gradient's length and block size.
+Layout layout(const std::vector<int64_t>& numels, at::IntArrayRef sizes) {
+  TORCH_CHECK(numels.size() == sizes.size(), "swalp_cpu::comm: one block size per gradient");
   Layout l;
-  for (size_t t = 0; t < xs.size(); ++t) {
-    const at::Tensor& x = xs[t];
-    TORCH_CHECK(x.dtype() == at::kFloat && x.is_contiguous() && x.dim() == 1 && x.device().is_cpu(),
-                "swalp_cpu::comm: flat contiguous float32 CPU gradients");
-    const int64_t b = sizes[t] >= 1 ? (x.numel() + sizes[t] - 1) / sizes[t] : 0;
+  for (size_t t = 0; t < numels.size(); ++t) {
+    const int64_t b = sizes[t] >= 1 ? (numels[t] + sizes[t] - 1) / sizes[t] : 0;
     // Element indices stay below 2^32: the hash's high word is the key k1 alone.
     TORCH_CHECK(sizes[t] >= 1 && b * sizes[t] < (int64_t(1) << 32), "swalp_cpu::comm: bad block size or length");
     l.block0.push_back(l.blocks), l.code0.push_back(l.codes);
     l.blocks += b, l.codes += b * sizes[t];
   }
   return l;
+}
+
+Layout layout(at::TensorList xs, at::IntArrayRef sizes) {
+  std::vector<int64_t> numels;
+  for (const at::Tensor& x : xs) {
+    TORCH_CHECK(x.dtype() == at::kFloat && x.is_contiguous() && x.dim() == 1 && x.device().is_cpu(),
+                "swalp_cpu::comm: flat contiguous float32 CPU gradients");
+    numels.push_back(x.numel());
+  }
+  return layout(numels, sizes);
 }
 
 // The (gradient, block) of each global block index, for parallel loops over all blocks.
@@ -163,14 +171,10 @@ void comm_decode_(const at::Tensor& out, const at::Tensor& codes, const at::Tens
                   e.dtype() == at::kChar && codes.is_contiguous() && e.is_contiguous() && out.dtype() == at::kFloat &&
                   out.is_contiguous() && out.device().is_cpu(),
               "swalp_cpu::comm_decode_: bad lists, codes or bucket");
-  Layout l;
-  for (size_t t = 0; t < sizes.size(); ++t) {
-    TORCH_CHECK(sizes[t] >= 1 && numels[t] >= 0 && starts[t] >= 0 && starts[t] + numels[t] <= out.numel(),
+  for (size_t t = 0; t < sizes.size(); ++t)
+    TORCH_CHECK(numels[t] >= 0 && starts[t] >= 0 && starts[t] + numels[t] <= out.numel(),
                 "swalp_cpu::comm_decode_: a gradient outside the bucket");
-    const int64_t b = (numels[t] + sizes[t] - 1) / sizes[t];
-    l.block0.push_back(l.blocks), l.code0.push_back(l.codes);
-    l.blocks += b, l.codes += b * sizes[t];
-  }
+  const Layout l = layout(numels.vec(), sizes);
   TORCH_CHECK(e.numel() == l.blocks && codes.numel() >= l.codes, "swalp_cpu::comm_decode_: too few codes or exponents");
   float* o = out.data_ptr<float>();
   const int8_t* c = codes.const_data_ptr<int8_t>();
